@@ -1,0 +1,370 @@
+"""Low-dimensional toy data (``kind == "vector"``): Gaussian mixtures, two moons, swiss roll.
+
+Samples are drawn once with ``seed``: ``num_train + num_val + num_test`` points, sliced into the
+three splits (disjoint, deterministic). Vectors are **not** scaled to ``[-1, 1]``:
+
+* ``gmm1d`` / ``gmm2d`` are in the mixture's own units (the defaults span about ``[-5, 5]``);
+  the law is exposed as ``mixture`` (a :class:`GaussianMixture`, exact density and denoiser),
+  labels are component indices.
+* ``moons`` / ``swiss_roll`` are standardised (zero mean, unit variance per coordinate,
+  statistics of the train split, kept as ``loc`` and ``scale``); no known density.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from difforge.data.base import (
+    ArrayDataset,
+    DataConfigError,
+    DiffusionDataModule,
+    check_choice,
+    check_int,
+)
+from difforge.diffusion.gaussian_mixture import GaussianMixture
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (Hydra passes ListConfig) to plain Python lists."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return value
+
+
+class VectorDataModule(DiffusionDataModule):
+    """Base of the toy DataModules: ``(B, dim)`` float32 vectors.
+
+    Args:
+        batch_size, num_workers, pin_memory, seed: see :class:`DiffusionDataModule`.
+        dim: the data dimension (validated against the dataset).
+        num_classes: number of classes of the labels, 0 for unlabelled (``y`` all zero).
+        num_train, num_val, num_test: samples drawn per split.
+    """
+
+    kind = "vector"
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        *,
+        dim: int,
+        num_classes: int,
+        num_train: int = 50_000,
+        num_val: int = 5_000,
+        num_test: int = 5_000,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory, seed)
+        self.dim = check_int("dim", dim)
+        self._num_classes = check_int("num_classes", num_classes, minimum=0)
+        self.num_train = check_int("num_train", num_train)
+        self.num_val = check_int("num_val", num_val, minimum=0)
+        self.num_test = check_int("num_test", num_test, minimum=0)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    def _generate(self, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` samples ``(x: (n, dim), labels: (n,) long)``, deterministic in ``seed``."""
+        raise NotImplementedError
+
+    def _postprocess(self, x: Tensor, train: Tensor) -> Tensor:
+        """A transform fitted on the train rows ``train`` (identity by default)."""
+        return x
+
+    def _build_splits(self) -> dict[str, Dataset]:
+        x, labels = self._generate(self.num_train + self.num_val + self.num_test)
+        x = x.to(torch.float32)
+        x = self._postprocess(x, x[: self.num_train]).contiguous()
+        y = labels.long() if self._num_classes else torch.zeros(len(x), dtype=torch.long)
+        bounds = np.cumsum([0, self.num_train, self.num_val, self.num_test])
+        self.split_index = {
+            split: np.arange(lo, hi)
+            for split, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:], strict=True)
+        }
+        return {split: ArrayDataset(x[i], y[i]) for split, i in self.split_index.items()}
+
+
+class GaussianMixtureDataModule(VectorDataModule):
+    """Samples of a Gaussian mixture (``gmm1d``: the 1-D teaching example).
+
+    Args:
+        weights: ``(K,)`` mixture weights (normalised).
+        means: ``(K,)`` for 1-D or ``(K, dim)``.
+        stds: ``(K,)`` (isotropic) or ``(K, dim)``, all > 0.
+        dim: must equal the mixture's dimension.
+        num_classes: ``K`` (labels are the component indices) or 0 (unlabelled).
+        batch_size, num_workers, pin_memory, seed, num_train, num_val, num_test: see
+            :class:`VectorDataModule`.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 512,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        weights: Sequence[float] = (0.2, 0.5, 0.3),
+        means: Sequence[float] | Sequence[Sequence[float]] = (-3.0, 0.0, 3.0),
+        stds: Sequence[float] | Sequence[Sequence[float]] = (0.5, 0.5, 0.5),
+        dim: int = 1,
+        num_classes: int = 3,
+        num_train: int = 50_000,
+        num_val: int = 5_000,
+        num_test: int = 5_000,
+    ) -> None:
+        super().__init__(
+            batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            dim=dim,
+            num_classes=num_classes,
+            num_train=num_train,
+            num_val=num_val,
+            num_test=num_test,
+        )
+        try:
+            self.mixture = GaussianMixture(_plain(weights), _plain(means), _plain(stds))
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise DataConfigError(f"invalid data.weights/means/stds: {error}") from None
+        k = self.mixture.num_components
+        if self.mixture.dim != self.dim:
+            raise DataConfigError(
+                f"the mixture means are {self.mixture.dim}-dimensional but data.dim={self.dim}: "
+                f"set data.dim={self.mixture.dim}"
+            )
+        if self._num_classes not in (k, 0):
+            raise DataConfigError(
+                f"the mixture has {k} components: data.num_classes must be {k} (component "
+                f"labels) or 0 (unlabelled), got {self._num_classes}"
+            )
+
+    def _generate(self, n: int) -> tuple[Tensor, Tensor]:
+        return self.mixture.sample(n, torch.Generator().manual_seed(self.seed))
+
+
+def mixture_layout(layout: str, num_components: int, radius: float) -> Tensor:
+    """Means of a 2-D layout: ``ring`` (``num_components`` equally spaced on a circle of
+    ``radius``, the first at angle 0) or ``grid`` (a square grid of ``num_components = m^2``
+    points spanning ``[-radius, radius]^2``)."""
+    if layout == "ring":
+        angle = 2 * math.pi * torch.arange(num_components, dtype=torch.float64) / num_components
+        return radius * torch.stack([angle.cos(), angle.sin()], dim=1)
+    side = math.isqrt(num_components)
+    if side * side != num_components:
+        raise DataConfigError(
+            f"data.layout=grid needs a square data.num_components (4, 9, 16, 25, ...), "
+            f"got {num_components}"
+        )
+    axis = (
+        torch.linspace(-radius, radius, side, dtype=torch.float64) if side > 1 else torch.zeros(1)
+    )
+    gx, gy = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([gx.flatten(), gy.flatten()], dim=1).to(torch.float64)
+
+
+class GaussianMixture2dDataModule(GaussianMixtureDataModule):
+    """A 2-D Gaussian mixture (``gmm2d``): by default 8 equal Gaussians of std 0.3 on a ring of
+    radius 4; ``layout: grid`` with ``num_components: 25`` gives the 5x5 grid on ``[-4, 4]^2``;
+    ``layout: custom`` takes ``weights``, ``means`` (K x 2) and ``stds`` as given.
+
+    Args:
+        layout: ``ring``, ``grid`` or ``custom``.
+        num_components: components of the ring or grid (must match ``means`` when custom).
+        radius: ring radius, or grid half-width.
+        std: the components' standard deviation (ring, grid).
+        weights: ``None`` for equal weights, else ``(K,)``.
+        means, stds: only with ``layout: custom``.
+        dim: must be 2. ``num_classes``: ``num_components`` or 0. The rest: see
+            :class:`GaussianMixtureDataModule`.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 512,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        layout: str = "ring",
+        num_components: int = 8,
+        radius: float = 4.0,
+        std: float = 0.3,
+        weights: Sequence[float] | None = None,
+        means: Sequence[Sequence[float]] | None = None,
+        stds: Sequence[float] | Sequence[Sequence[float]] | None = None,
+        dim: int = 2,
+        num_classes: int = 8,
+        num_train: int = 50_000,
+        num_val: int = 5_000,
+        num_test: int = 5_000,
+    ) -> None:
+        if dim != 2:
+            raise DataConfigError(f"gmm2d is 2-dimensional: data.dim must be 2, got {dim!r}")
+        self.layout = check_choice("layout", layout, ("ring", "grid", "custom"))
+        k = check_int("num_components", num_components)
+        if layout == "custom":
+            if means is None or stds is None:
+                raise DataConfigError("data.layout=custom needs data.means (K x 2) and data.stds")
+            if len(_plain(means)) != k:
+                raise DataConfigError(
+                    f"data.means has {len(_plain(means))} components but data.num_components="
+                    f"{k}: set data.num_components={len(_plain(means))}"
+                )
+        else:
+            if means is not None or stds is not None:
+                raise DataConfigError(
+                    f"data.means/data.stds are only used with data.layout=custom "
+                    f"(layout={layout} places the means itself)"
+                )
+            if isinstance(std, bool) or not isinstance(std, int | float) or std <= 0:
+                raise DataConfigError(f"data.std must be a positive number, got {std!r}")
+            means = mixture_layout(layout, k, float(radius))  # type: ignore[assignment]
+            stds = [float(std)] * k
+        super().__init__(
+            batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            weights=[1.0] * k if weights is None else weights,
+            means=means,  # type: ignore[arg-type]
+            stds=stds,
+            dim=dim,
+            num_classes=num_classes,
+            num_train=num_train,
+            num_val=num_val,
+            num_test=num_test,
+        )
+
+
+class _Standardised(VectorDataModule):
+    """2-D scikit-learn generators, standardised with the train split's statistics."""
+
+    def __init__(self, *args: Any, noise: float, dim: int, **kwargs: Any) -> None:
+        if dim != 2:
+            raise DataConfigError(
+                f"{type(self).__name__} data are 2-dimensional: data.dim must be 2, got {dim!r}"
+            )
+        if isinstance(noise, bool) or not isinstance(noise, int | float) or noise < 0:
+            raise DataConfigError(f"data.noise must be a number >= 0, got {noise!r}")
+        super().__init__(*args, dim=dim, **kwargs)
+        self.noise = float(noise)
+        self.loc = torch.zeros(2)
+        self.scale = torch.ones(2)
+
+    def _postprocess(self, x: Tensor, train: Tensor) -> Tensor:
+        self.loc, self.scale = train.mean(0), train.std(0)
+        return (x - self.loc) / self.scale
+
+
+class MoonsDataModule(_Standardised):
+    """scikit-learn's two interleaving half circles (``make_moons``), standardised.
+
+    Args:
+        noise: std of the Gaussian noise added by ``make_moons`` (before standardising).
+        num_classes: 2 (which moon) or 0 (unlabelled).
+        dim: must be 2. The rest: see :class:`VectorDataModule`.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 512,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        noise: float = 0.05,
+        dim: int = 2,
+        num_classes: int = 2,
+        num_train: int = 50_000,
+        num_val: int = 5_000,
+        num_test: int = 5_000,
+    ) -> None:
+        if num_classes not in (0, 2):
+            raise DataConfigError(
+                f"moons has 2 classes: data.num_classes must be 2 (moon labels) or 0 "
+                f"(unlabelled), got {num_classes!r}"
+            )
+        super().__init__(
+            batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            noise=noise,
+            dim=dim,
+            num_classes=num_classes,
+            num_train=num_train,
+            num_val=num_val,
+            num_test=num_test,
+        )
+
+    def _generate(self, n: int) -> tuple[Tensor, Tensor]:
+        from sklearn.datasets import make_moons
+
+        x, y = make_moons(n, noise=self.noise, random_state=self.seed)
+        return torch.as_tensor(x), torch.as_tensor(y)
+
+
+class SwissRollDataModule(_Standardised):
+    """scikit-learn's swiss roll (``make_swiss_roll``), its 2-D spiral (coordinates x, z),
+    standardised. Unlabelled.
+
+    Args:
+        noise: std of the Gaussian noise added by ``make_swiss_roll`` (before standardising;
+            the raw spiral spans about ``[-11, 14]``).
+        num_classes: must be 0. ``dim``: must be 2. The rest: see :class:`VectorDataModule`.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 512,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        noise: float = 0.5,
+        dim: int = 2,
+        num_classes: int = 0,
+        num_train: int = 50_000,
+        num_val: int = 5_000,
+        num_test: int = 5_000,
+    ) -> None:
+        if num_classes != 0:
+            raise DataConfigError(
+                f"swiss_roll is unlabelled: data.num_classes must be 0, got {num_classes!r}"
+            )
+        super().__init__(
+            batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            noise=noise,
+            dim=dim,
+            num_classes=num_classes,
+            num_train=num_train,
+            num_val=num_val,
+            num_test=num_test,
+        )
+
+    def _generate(self, n: int) -> tuple[Tensor, Tensor]:
+        from sklearn.datasets import make_swiss_roll
+
+        x, _ = make_swiss_roll(n, noise=self.noise, random_state=self.seed)
+        return torch.as_tensor(x[:, [0, 2]]), torch.zeros(n, dtype=torch.long)

@@ -1,0 +1,197 @@
+"""What the network predicts, and the denoiser built from it.
+
+All parameterizations are preconditionings in the sense of Karras et al. 2022 (EDM), eq. 7:
+
+    D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma)),
+
+with ``x = x_0 + sigma eps`` (variance-exploding frame) and ``F`` the network. Writing DDPM's
+latent as ``z = x / sqrt(1 + sigma^2)`` (so ``c_in = 1 / sqrt(1 + sigma^2)`` feeds the network the
+unit-variance latent it was trained on):
+
+==========  ===========================  ==============================  ==========================
+name        c_skip                       c_out                           F predicts
+==========  ===========================  ==============================  ==========================
+``eps``     1                            -sigma                          eps (Ho et al. 2020)
+``x0``      0                            1                               x_0
+``v``       1 / (sigma^2 + 1)            -sigma / sqrt(sigma^2 + 1)      v = alpha eps - sigma_vp x_0
+                                                                         (Salimans & Ho 2022, sec. 4)
+``edm``     sd^2 / (sigma^2 + sd^2)      sigma sd / sqrt(sigma^2 + sd^2) EDM table 1, sd = sigma_data;
+                                                                         c_in = 1 / sqrt(sigma^2 + sd^2)
+==========  ===========================  ==============================  ==========================
+
+The network's regression target is ``F* = (x_0 - c_skip x) / c_out`` (EDM eq. 8), written here
+in closed form in ``x_0`` and ``eps`` so it stays exact as ``sigma -> 0``. Conversions between
+predictions (x0, eps, v, score) live here too.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from difforge.diffusion.schedules import NoiseSchedule
+
+
+def _expand(values: Tensor, like: Tensor) -> Tensor:
+    return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+# Conversions between predictions at noise level sigma, x = x0 + sigma * eps (VE frame).
+def eps_from_x0(x: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:
+    return (x - x0) / _expand(sigma, x)
+
+
+def x0_from_eps(x: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
+    return x - _expand(sigma, x) * eps
+
+
+def v_from_x0_eps(x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
+    """v = alpha eps - sigma_vp x0 with alpha = 1/sqrt(1+sigma^2), sigma_vp = sigma alpha."""
+    s = _expand(sigma, x0)
+    return (eps - s * x0) / (1 + s**2).sqrt()
+
+
+def x0_from_v(x: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
+    s = _expand(sigma, x)
+    return x / (1 + s**2) - s / (1 + s**2).sqrt() * v
+
+
+def score_from_x0(x: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:
+    """Tweedie: grad log p_sigma(x) = (E[x0 | x] - x) / sigma^2."""
+    return (x0 - x) / _expand(sigma, x) ** 2
+
+
+def x0_from_score(x: Tensor, score: Tensor, sigma: Tensor) -> Tensor:
+    return x + _expand(sigma, x) ** 2 * score
+
+
+class Parameterization:
+    """Preconditioning coefficients ``(c_skip, c_out, c_in)`` and the network's target."""
+
+    name: str = "base"
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        """F* = (x0 - c_skip x) / c_out for x = x0 + sigma * noise, in closed form."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class EpsParameterization(Parameterization):
+    name = "eps"
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt()
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        return noise
+
+
+class X0Parameterization(Parameterization):
+    name = "x0"
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma**2 + 1).sqrt()
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        return x0
+
+
+class VParameterization(Parameterization):
+    name = "v"
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        norm = (sigma**2 + 1).sqrt()
+        return 1 / (sigma**2 + 1), -sigma / norm, 1 / norm
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        return v_from_x0_eps(x0, noise, sigma)
+
+
+class EDMParameterization(Parameterization):
+    """EDM table 1 with ``sigma_data`` the data's standard deviation (0.5 for images in [-1, 1])."""
+
+    name = "edm"
+
+    def __init__(self, sigma_data: float = 0.5) -> None:
+        if sigma_data <= 0:
+            raise ValueError(f"parameterization.sigma_data must be > 0, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        sd2 = self.sigma_data**2
+        norm = (sigma**2 + sd2).sqrt()
+        return sd2 / (sigma**2 + sd2), sigma * self.sigma_data / norm, 1 / norm
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        # (x0 - c_skip (x0 + sigma n)) / c_out simplified: (sigma x0 - sd^2 n) / (sd sqrt(sigma^2 + sd^2))
+        s = _expand(sigma, x0)
+        sd = self.sigma_data
+        return (s * x0 - sd**2 * noise) / (sd * (s**2 + sd**2).sqrt())
+
+    def __repr__(self) -> str:
+        return f"EDMParameterization(sigma_data={self.sigma_data})"
+
+
+PARAMETERIZATIONS: dict[str, type[Parameterization]] = {
+    cls.name: cls
+    for cls in (EpsParameterization, X0Parameterization, VParameterization, EDMParameterization)
+}
+
+
+class NetworkOutput(NamedTuple):
+    """A network evaluation: the denoised estimate, the raw mean output F and, for networks with a
+    learned variance, the interpolation value v in [-1, 1] (improved DDPM eq. 15), else None."""
+
+    x0: Tensor
+    raw: Tensor
+    variance_value: Tensor | None
+
+
+class Denoiser(nn.Module):
+    """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (EDM eq. 7) for any network, schedule and
+    parameterization.
+
+    Args:
+        net: ``net(x, noise_labels, class_labels) -> out`` (see ``difforge.nets``).
+        schedule: gives ``c_noise`` through ``schedule.noise_labels(sigma)``.
+        parameterization: gives ``c_skip, c_out, c_in``.
+    Call: ``x: (B, ...)`` in the VE frame, ``sigma: (B,)`` -> ``x0: (B, ...)``.
+    """
+
+    def __init__(
+        self, net: nn.Module, schedule: NoiseSchedule, parameterization: Parameterization
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.schedule = schedule
+        self.parameterization = parameterization
+
+    @property
+    def learned_variance(self) -> bool:
+        return bool(getattr(self.net, "learned_variance", False))
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.net, "num_classes", 0))
+
+    def predict(
+        self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None
+    ) -> NetworkOutput:
+        sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
+        c_skip, c_out, c_in = self.parameterization.coefficients(sigma)
+        out = self.net(_expand(c_in, x) * x, self.schedule.noise_labels(sigma), class_labels)
+        variance_value = None
+        if self.learned_variance:
+            out, variance_value = out.chunk(2, dim=1)
+        x0 = _expand(c_skip, x) * x + _expand(c_out, x) * out.to(x.dtype)
+        return NetworkOutput(x0, out, variance_value)
+
+    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        return self.predict(x, sigma, class_labels).x0

@@ -1,0 +1,35 @@
+"""Pieces every sampler shares: the denoiser protocol, fresh noise, per-step callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+class DenoiserFn(Protocol):
+    def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor: ...
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``; drawn on the generator's device for reproducibility."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def denoise(denoiser: DenoiserFn, x: Tensor, sigma: float, class_labels: Tensor | None) -> Tensor:
+    """Call the denoiser at one scalar noise level for the whole batch."""
+    return denoiser(
+        x, torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype), class_labels
+    )
+
+
+def report(
+    callback: StepCallback | None, i: int, x: Tensor, sigma: float, denoised: Tensor
+) -> None:
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})

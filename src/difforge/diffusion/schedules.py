@@ -1,0 +1,287 @@
+"""Noise schedules, all expressed as a noise level sigma in the variance-exploding frame.
+
+A DDPM schedule defines ``abar_t = prod_{s<=t} alpha_s`` for ``t = 1..T``; the same noised point
+in the variance-exploding frame ``x = x_0 + sigma * eps`` has (Karras et al. 2022, table 1; Song et
+al. 2021, eq. 28)
+
+    sigma_t = sqrt((1 - abar_t) / abar_t),      abar_t = 1 / (1 + sigma_t^2).
+
+Every schedule provides:
+
+- ``sample_training_sigmas(batch)``: the noise levels drawn by the training loss;
+- ``noise_labels(sigma)``: what the network is conditioned on (``c_noise``);
+- ``sigma_min`` / ``sigma_max``: the range a sampler's grid may span.
+
+Discrete schedules (``linear``, ``cosine``, ``sigmoid``) also expose ``betas`` and
+``alphas_cumprod`` as float64 tensors of length T (index ``t - 1`` holds ``abar_t``), and feed
+the network the (fractional) timestep index as DDPM does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+MAX_BETA = 0.999  # Nichol & Dhariwal 2021, sec. 3.2: clip betas to avoid singularities near t = T
+
+
+def _check_num_timesteps(num_timesteps: int) -> None:
+    if not isinstance(num_timesteps, int) or isinstance(num_timesteps, bool) or num_timesteps < 2:
+        raise ValueError(f"schedule.num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+
+
+class NoiseSchedule:
+    """Base class: a law of training noise levels and a noise-label map for the network."""
+
+    name: str = "base"
+    is_discrete: bool = False
+
+    @property
+    def sigma_min(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def sigma_max(self) -> float:
+        raise NotImplementedError
+
+    def sample_training_sigmas(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Noise levels for the training loss: ``(batch_size,)`` float32 on ``device``.
+
+        Drawn on the CPU (with ``generator`` if given, a CPU generator) so that a seed fixes them
+        whatever the device.
+        """
+        raise NotImplementedError
+
+    def noise_labels(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def training_quantile(self, sigma: Tensor) -> Tensor:
+        """Where ``sigma`` lies in the training noise law, in [0, 1] (its CDF): t / T for discrete
+        schedules. Used to report the loss per quartile of noise."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g})"
+        )
+
+
+class DiscreteSchedule(NoiseSchedule):
+    """A DDPM schedule given by its betas ``(T,)`` (Ho et al. 2020, sec. 2).
+
+    ``alphas_cumprod[t - 1] = abar_t = prod_{s=1..t} (1 - beta_s)``, float64.
+    """
+
+    is_discrete = True
+
+    def __init__(self, betas: Tensor) -> None:
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or len(betas) < 2:
+            raise ValueError(
+                f"betas must be a 1-D tensor of length >= 2, got shape {tuple(betas.shape)}"
+            )
+        if not ((betas > 0) & (betas < 1)).all():
+            raise ValueError("every beta must lie in (0, 1)")
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        self._log_sigmas_by_device: dict[torch.device, Tensor] = {}
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.betas)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sample_training_timesteps(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Timestep indices ``t - 1`` uniform on ``{0, ..., T - 1}`` (DDPM algorithm 1), on CPU."""
+        return torch.randint(0, self.num_timesteps, (batch_size,), generator=generator)
+
+    def sample_training_sigmas(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        index = self.sample_training_timesteps(batch_size, generator)
+        return self.sigmas[index].to(device=device, dtype=torch.float32)
+
+    def _log_sigmas(self, device: torch.device) -> Tensor:
+        if device not in self._log_sigmas_by_device:
+            self._log_sigmas_by_device[device] = self.sigmas.log().to(
+                device=device, dtype=torch.float32
+            )
+        return self._log_sigmas_by_device[device]
+
+    def sigma_to_timestep(self, sigma: Tensor) -> Tensor:
+        """Fractional timestep index in ``[0, T - 1]`` by linear interpolation in log sigma.
+
+        Exact at the table's sigmas; between them it lets continuous-sigma solvers (Karras grid)
+        query a network trained on discrete timesteps, as k-diffusion does.
+        """
+        log_sigmas = self._log_sigmas(sigma.device)
+        log_sigma = sigma.to(torch.float32).clamp(min=self.sigma_min, max=self.sigma_max).log()
+        high = torch.searchsorted(log_sigmas, log_sigma).clamp(1, self.num_timesteps - 1)
+        low = high - 1
+        frac = (log_sigma - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])
+        return low.to(torch.float32) + frac.clamp(0, 1)
+
+    def sigma_to_index(self, sigma: Tensor) -> Tensor:
+        """Nearest integer timestep index ``t - 1`` for sigmas on the table: ``(B,)`` long."""
+        return self.sigma_to_timestep(sigma).round().long()
+
+    def noise_labels(self, sigma: Tensor) -> Tensor:
+        return self.sigma_to_timestep(sigma)
+
+    def training_quantile(self, sigma: Tensor) -> Tensor:
+        return (self.sigma_to_timestep(sigma) + 0.5) / self.num_timesteps
+
+
+class LinearSchedule(DiscreteSchedule):
+    """Ho et al. 2020, sec. 4: betas linear from ``beta_start`` to ``beta_end`` over T steps."""
+
+    name = "linear"
+
+    def __init__(
+        self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> None:
+        _check_num_timesteps(num_timesteps)
+        if not 0 < beta_start <= beta_end < 1:
+            raise ValueError(
+                f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
+            )
+        super().__init__(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64))
+
+
+def _betas_from_alphas_cumprod(abar: Tensor, max_beta: float) -> Tensor:
+    """beta_t = min(1 - abar_t / abar_{t-1}, max_beta) with abar_0 = 1 (Nichol & Dhariwal eq. 17)."""
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return (1 - abar / previous).clamp(max=max_beta)
+
+
+class CosineSchedule(DiscreteSchedule):
+    """Nichol & Dhariwal 2021, eq. 17: abar_t = f(t) / f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2).
+
+    Betas are clipped at 0.999, so the last abar_t differ from f(t)/f(0) where clipping acts.
+    """
+
+    name = "cosine"
+
+    def __init__(
+        self, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = MAX_BETA
+    ) -> None:
+        _check_num_timesteps(num_timesteps)
+        if s < 0:
+            raise ValueError(f"cosine schedule offset s must be >= 0, got {s}")
+        t = torch.arange(num_timesteps + 1, dtype=torch.float64)
+        f = torch.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+        super().__init__(_betas_from_alphas_cumprod((f / f[0])[1:], max_beta))
+
+
+class SigmoidSchedule(DiscreteSchedule):
+    """Chen 2023 ("On the importance of noise scheduling"), algorithm 1 (sigmoid):
+
+    abar(t) = (v_end - sigmoid((t (end - start) + start) / tau)) / (v_end - v_start),
+    v_start = sigmoid(start / tau), v_end = sigmoid(end / tau), t in [0, 1].
+    """
+
+    name = "sigmoid"
+
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        start: float = -3.0,
+        end: float = 3.0,
+        tau: float = 1.0,
+        max_beta: float = MAX_BETA,
+    ) -> None:
+        _check_num_timesteps(num_timesteps)
+        if not start < end or tau <= 0:
+            raise ValueError(
+                f"sigmoid schedule needs start < end and tau > 0, got start={start}, end={end}, tau={tau}"
+            )
+        t = torch.arange(1, num_timesteps + 1, dtype=torch.float64) / num_timesteps
+        v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
+        v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+        abar = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)
+        super().__init__(_betas_from_alphas_cumprod(abar.clamp(min=1e-12), max_beta))
+
+
+class EDMSchedule(NoiseSchedule):
+    """Karras et al. 2022 (EDM): continuous sigma in ``[sigma_min, sigma_max]``.
+
+    Training draws ``ln(sigma) ~ N(P_mean, P_std^2)`` (table 1, "noise distribution"); the
+    network is conditioned on ``c_noise = ln(sigma) / 4`` (table 1). Samplers default to the
+    grid of eq. 5 with ``rho``.
+    """
+
+    name = "edm"
+
+    def __init__(
+        self,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        rho: float = 7.0,
+        P_mean: float = -1.2,
+        P_std: float = 1.2,
+        sigma_data: float = 0.5,
+    ) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
+        if rho <= 0 or P_std <= 0 or sigma_data <= 0:
+            raise ValueError(
+                f"rho, P_std and sigma_data must be > 0, got rho={rho}, P_std={P_std}, sigma_data={sigma_data}"
+            )
+        self._sigma_min = float(sigma_min)
+        self._sigma_max = float(sigma_max)
+        self.rho = float(rho)
+        self.P_mean = float(P_mean)
+        self.P_std = float(P_std)
+        self.sigma_data = float(sigma_data)
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigma_max
+
+    def sample_training_sigmas(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        normal = torch.randn(batch_size, generator=generator, dtype=torch.float64)
+        return (normal * self.P_std + self.P_mean).exp().to(device=device, dtype=torch.float32)
+
+    def noise_labels(self, sigma: Tensor) -> Tensor:
+        return sigma.to(torch.float32).log() / 4
+
+    def training_quantile(self, sigma: Tensor) -> Tensor:
+        z = (sigma.to(torch.float32).log() - self.P_mean) / self.P_std
+        return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+
+
+SCHEDULES: dict[str, type[NoiseSchedule]] = {
+    cls.name: cls for cls in (LinearSchedule, CosineSchedule, SigmoidSchedule, EDMSchedule)
+}

@@ -1,0 +1,85 @@
+"""Build a DiffusionModule from a composed config, and rebuild one from a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from difforge.errors import CheckpointError
+from difforge.training.checkpoint import load_checkpoint
+from difforge.training.module import DiffusionModule
+
+# The parts of a run's config that define its model; saved in every checkpoint.
+MODEL_CONFIG_KEYS = ("data", "model", "schedule", "parameterization", "loss", "sampler", "module")
+
+
+def check_network_fits_data(net: Any, data_shape: tuple[int, ...]) -> None:
+    """Catch channel and size mismatches between data and network at start, with both values named."""
+    if len(data_shape) == 3:
+        channels, height, width = data_shape
+        net_channels = getattr(net, "in_channels", None)
+        if net_channels is not None and net_channels != channels:
+            raise ValueError(
+                f"the data has {channels} channel(s) but model.in_channels={net_channels}"
+            )
+        size = getattr(net, "image_size", None)
+        if size is not None and (height, width) != (size, size):
+            raise ValueError(f"the data is {height}x{width} but model.image_size={size}")
+        if getattr(net, "dim", None) is not None:
+            raise ValueError(
+                f"model {type(net).__name__} is for vector data, but the data are images of shape {data_shape}"
+            )
+    else:
+        dim = getattr(net, "dim", None)
+        if dim is None:
+            raise ValueError(
+                f"model {type(net).__name__} is for images, but the data are vectors of shape {data_shape}; use model=mlp"
+            )
+        if dim != data_shape[0]:
+            raise ValueError(f"the data have dimension {data_shape[0]} but model.dim={dim}")
+
+
+def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
+    net = instantiate(cfg.model)
+    check_network_fits_data(net, data_shape)
+    module_factory = instantiate(cfg.module)
+    module = module_factory(
+        net=net,
+        schedule=instantiate(cfg.schedule),
+        parameterization=instantiate(cfg.parameterization),
+        loss=instantiate(cfg.loss),
+        sampler=instantiate(cfg.sampler),
+        data_shape=data_shape,
+    )
+    module.run_config = {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        for key in MODEL_CONFIG_KEYS
+        if cfg.get(key) is not None
+    }
+    return module
+
+
+def module_from_checkpoint(
+    path: str | Path, sampler_cfg: DictConfig | None = None
+) -> tuple[DiffusionModule, DictConfig]:
+    """Rebuild the trained module of a difforge checkpoint (safely loaded) and its training config."""
+    checkpoint = load_checkpoint(path)
+    cfg = OmegaConf.create(checkpoint["difforge"]["config"])
+    if sampler_cfg is not None:
+        cfg.sampler = sampler_cfg
+    data_shape = tuple(checkpoint["difforge"]["data_shape"])
+    module = build_module(cfg, data_shape)
+    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    missing = [
+        k for k in missing if not k.startswith(("train_loss", "val_loss", "quartile_losses"))
+    ]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its own model configuration: "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+        )
+    module.eval()
+    return module, cfg

@@ -1,0 +1,82 @@
+"""Lightning callbacks: periodic sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from difforge.diffusion.samplers import Sampler
+from difforge.plotting import save_samples_figure
+
+
+class SampleGrid(Callback):
+    """Every ``every_n_steps`` optimizer steps and at the end of training, draw ``num_samples``
+    with the EMA weights from fixed noise (``seed``), save ``<run>/samples/step_<N>.png`` and send it
+    to the loggers that take images (W&B, TensorBoard). Runs on global rank 0 only.
+
+    ``sampler``: a ``Sampler`` to use instead of the module's.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        num_samples: int = 100,
+        seed: int = 0,
+        sampler: Sampler | None = None,
+    ) -> None:
+        if every_n_steps < 1 or num_samples < 1:
+            raise ValueError(
+                f"sample_grid.every_n_steps and num_samples must be >= 1, got {every_n_steps}, {num_samples}"
+            )
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.seed = seed
+        self.sampler = sampler
+        self._last_step = -1
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self.draw(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.draw(trainer, pl_module)
+
+    @rank_zero_only
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        step = trainer.global_step
+        self._last_step = step
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        result = pl_module.generate(self.num_samples, sampler=self.sampler, generator=generator)  # type: ignore[operator]
+        directory = Path(trainer.default_root_dir) / "samples"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"step_{step:07d}.png"
+        mixture = (
+            getattr(trainer.datamodule, "mixture", None) if trainer.datamodule is not None else None
+        )  # type: ignore[attr-defined]
+        save_samples_figure(result.samples, path, mixture, title=f"step {step}, NFE {result.nfe}")
+        for logger in trainer.loggers:
+            log_image = getattr(logger, "log_image", None)
+            if callable(log_image):  # W&B
+                log_image(key="samples", images=[str(path)], step=step)
+            elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+                import numpy as np
+                from PIL import Image
+
+                logger.experiment.add_image(
+                    "samples", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC"
+                )
+        return path

@@ -1,0 +1,266 @@
+"""The LightningModule: a schedule, a network, a parameterization and a loss from the engine,
+with EMA weights, AdamW with linear warm-up, and sampling for grids and metrics.
+
+The math lives in ``difforge.diffusion``; this class only wires it to Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from difforge.diffusion.guidance import ClassifierFreeGuidance
+from difforge.diffusion.parameterization import Denoiser, Parameterization
+from difforge.diffusion.samplers import Sampler, SampleResult
+from difforge.diffusion.schedules import NoiseSchedule
+from difforge.training.ema import EMA
+
+NUM_NOISE_QUARTILES = 4
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains ``net`` as a denoiser and samples with its EMA weights.
+
+    Args:
+        net: network with the ``difforge.nets`` interface.
+        schedule, parameterization, loss, sampler: engine objects (``configs/schedule`` ...).
+        data_shape: shape of one sample, ``(C, H, W)`` or ``(D,)``.
+        lr, betas, weight_decay, warmup_steps: AdamW and its linear warm-up (per optimizer step).
+        ema_decay, ema_warmup: see ``difforge.training.ema.EMA``.
+        class_dropout: probability of replacing a label by the null label while training a
+            conditional network, for classifier-free guidance (Ho & Salimans 2022, sec. 3.2).
+        guidance_scale: classifier-free guidance weight used when sampling with labels.
+        compile: ``torch.compile`` the training forward pass.
+        channels_last: keep image tensors in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: NoiseSchedule,
+        parameterization: Parameterization,
+        loss: nn.Module,
+        sampler: Sampler,
+        data_shape: tuple[int, ...],
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
+        class_dropout: float = 0.1,
+        guidance_scale: float = 1.0,
+        compile: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if not 0 <= class_dropout < 1:
+            raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+        loss_needs_variance = bool(getattr(loss, "learned_variance", False))
+        net_has_variance = bool(getattr(net, "learned_variance", False))
+        if loss_needs_variance != net_has_variance:
+            raise ValueError(
+                f"loss {type(loss).__name__} {'needs' if loss_needs_variance else 'cannot train'} a network with a "
+                f"learned variance, but model.learned_variance={net_has_variance} (use loss=hybrid with learned variance)"
+            )
+        self.data_shape = tuple(int(d) for d in data_shape)
+        self.channels_last = bool(channels_last) and len(self.data_shape) == 3
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.denoiser = Denoiser(net, schedule, parameterization)
+        self.ema = EMA(net, ema_decay, ema_warmup)
+        self.ema_denoiser = Denoiser(self.ema.net, schedule, parameterization)
+        self.schedule = schedule
+        self.loss_fn = loss
+        self.sampler = sampler
+        self.lr = lr
+        self.betas = tuple(betas)
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.num_classes = int(getattr(net, "num_classes", 0))
+        self.class_dropout = class_dropout
+        self.guidance_scale = guidance_scale
+        ClassifierFreeGuidance(
+            self.ema_denoiser, guidance_scale
+        )  # validates guidance on this model
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.quartile_losses = nn.ModuleList(MeanMetric() for _ in range(NUM_NOISE_QUARTILES))
+        self._train_forward = (
+            torch.compile(self._loss_per_sample) if compile else self._loss_per_sample
+        )
+        self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
+
+    # --- training -----------------------------------------------------------------------------
+    def _prepare(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _training_labels(self, y: Tensor) -> Tensor | None:
+        if self.num_classes == 0:
+            return None
+        drop = torch.rand(y.shape, device=y.device) < self.class_dropout
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def _loss_per_sample(
+        self, denoiser: Denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, labels: Tensor | None
+    ) -> Tensor:
+        return self.loss_fn(denoiser, x0, sigma, noise, labels)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0, y = batch
+        x0 = self._prepare(x0)
+        sigma = self.schedule.sample_training_sigmas(x0.shape[0], device=x0.device)
+        noise = torch.randn_like(x0)
+        per_sample = self._train_forward(self.denoiser, x0, sigma, noise, self._training_labels(y))
+        loss = per_sample.mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(self._nonfinite_message(loss, sigma))
+        self.train_loss(per_sample.detach())
+        quartile = (
+            (self.schedule.training_quantile(sigma) * NUM_NOISE_QUARTILES)
+            .long()
+            .clamp(0, NUM_NOISE_QUARTILES - 1)
+        )
+        for k, metric in enumerate(self.quartile_losses):
+            mask = (quartile == k).to(per_sample.dtype)
+            metric.update(
+                per_sample.detach() * mask, mask
+            )  # weight 0 where the sample is in another quartile
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=False, prog_bar=True)
+        for k, metric in enumerate(self.quartile_losses):
+            self.log(f"train/loss_q{k + 1}", metric, on_step=False, on_epoch=True)
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            on_epoch=False,
+        )
+        return loss
+
+    def _nonfinite_message(self, loss: Tensor, sigma: Tensor) -> str:
+        t = self.schedule.training_quantile(sigma)
+        return (
+            f"non-finite training loss {loss.item()} at global step {self.global_step} "
+            f"(noise levels sigma in [{sigma.min().item():.4g}, {sigma.max().item():.4g}], "
+            f"training quantiles t/T in [{t.min().item():.3f}, {t.max().item():.3f}])"
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update(self.denoiser.net)
+
+    def on_train_epoch_start(self) -> None:
+        # Epoch-level metrics restart each epoch (and get fresh state under ddp_spawn).
+        for metric in self.quartile_losses:
+            metric.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x0, y = batch
+        x0 = self._prepare(x0)
+        # Fixed noise per batch so validation losses are comparable across epochs.
+        generator = torch.Generator().manual_seed(batch_idx)
+        sigma = self.schedule.sample_training_sigmas(
+            x0.shape[0], device=x0.device, generator=generator
+        )
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        labels = y if self.num_classes > 0 else None
+        self.val_loss(self.loss_fn(self.ema_denoiser, x0, sigma, noise, labels))
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.denoiser.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay
+        )
+        warmup = self.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # --- sampling -----------------------------------------------------------------------------
+    def sampling_denoiser(self, use_ema: bool = True) -> nn.Module:
+        denoiser = self.ema_denoiser if use_ema else self.denoiser
+        if self.num_classes > 0 and self.guidance_scale != 1.0:
+            return ClassifierFreeGuidance(denoiser, self.guidance_scale)
+        return denoiser
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num_samples: int,
+        *,
+        sampler: Sampler | None = None,
+        class_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 256,
+        use_ema: bool = True,
+        progress: bool = False,
+    ) -> SampleResult:
+        """Draw ``num_samples`` samples ``(N, *data_shape)`` in data space, in batches.
+
+        ``class_labels: (N,)`` for a conditional model (None: cycle through the classes).
+        ``nfe`` of the result is per sample (network evaluations per batch).
+        """
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(
+                f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}"
+            )
+        sampler = sampler or self.sampler
+        if class_labels is None and self.num_classes > 0:
+            class_labels = torch.arange(num_samples) % self.num_classes
+        if class_labels is not None and self.num_classes == 0:
+            raise ValueError(
+                "class labels were given but the model is unconditional (model.num_classes=0)"
+            )
+        denoiser = self.sampling_denoiser(use_ema)
+        was_training = self.training
+        self.eval()
+        chunks, nfe, sigmas = [], 0, torch.zeros(0)
+        starts = range(0, num_samples, batch_size)
+        if progress:
+            from rich.progress import track
+
+            starts = track(
+                starts, description=f"sampling ({sampler.algorithm}, {sampler.steps} steps)"
+            )
+        for start in starts:
+            n = min(batch_size, num_samples - start)
+            labels = (
+                class_labels[start : start + n].to(self.device)
+                if class_labels is not None
+                else None
+            )
+            result = sampler(
+                denoiser,
+                self.schedule,
+                (n, *self.data_shape),
+                device=self.device,
+                generator=generator,
+                class_labels=labels,
+            )
+            chunks.append(result.samples.float().cpu())
+            nfe, sigmas = result.nfe, result.sigmas
+        self.train(was_training)
+        return SampleResult(torch.cat(chunks), nfe, sigmas)
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["difforge"] = {"config": self.run_config, "data_shape": list(self.data_shape)}
+
+
+def effective_batch_size(batch_size: int, devices: int, num_nodes: int, accumulate: int) -> int:
+    """Samples per optimizer step across all processes."""
+    return batch_size * devices * num_nodes * accumulate

@@ -1,0 +1,21 @@
+"""Evaluate a checkpoint: ``python src/eval.py ckpt_path=CKPT`` writes metrics.json."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval.yaml")
+def main(cfg: DictConfig) -> None:
+    from difforge.cli.common import run_command
+    from difforge.cli.evaluate import evaluate
+
+    run_command(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Running the entry points as users do: subprocesses of ``python src/<entry>.py``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    entry: str, *overrides: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python src/<entry>.py overrides...`` from the repository root; output captured as text."""
+    environment = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / f"{entry}.py"), *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Non-zero exit, every fragment in the message, and no Python traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    for fragment in fragments:
+        assert fragment in output, f"{fragment!r} not in:\n{output[-3000:]}"
+    assert "Traceback (most recent call last)" not in output, output[-3000:]
+
+
+# Overrides that make a training run take seconds: few steps, small sample grids, no progress bar.
+QUICK_TRAIN = (
+    "trainer.max_steps=6",
+    "trainer.log_every_n_steps=1",
+    "trainer.accelerator=cpu",
+    "trainer.limit_val_batches=1",
+    "callbacks.sample_grid.every_n_steps=1000",
+    "callbacks.sample_grid.num_samples=4",
+    "callbacks.model_checkpoint.every_n_train_steps=3",
+    "sampler.steps=3",
+    "~callbacks.progress_bar",
+    "print_config=false",
+)

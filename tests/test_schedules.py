@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+
+from difforge.diffusion.schedules import (
+    CosineSchedule,
+    EDMSchedule,
+    LinearSchedule,
+    SigmoidSchedule,
+)
+
+
+def test_linear_alphas_cumprod_matches_ho_et_al():
+    schedule = LinearSchedule(1000)
+    assert schedule.alphas_cumprod.dtype == torch.float64 and schedule.alphas_cumprod.shape == (
+        1000,
+    )
+    product = 1.0
+    for t in range(1, 1001):
+        beta_t = 1e-4 + (0.02 - 1e-4) * (t - 1) / 999
+        product *= 1 - beta_t
+        if t in (1, 2, 10, 500, 999, 1000):
+            assert schedule.alphas_cumprod[t - 1].item() == pytest.approx(product, rel=1e-12)
+    # Ho et al.'s schedule leaves abar_T of about 4e-5: x_T is nearly pure noise.
+    assert 3e-5 < schedule.alphas_cumprod[-1].item() < 5e-5
+
+
+def test_cosine_alphas_cumprod_matches_nichol_dhariwal():
+    T, s = 1000, 0.008
+    schedule = CosineSchedule(T, s=s)
+
+    def f(t: int) -> float:
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    unclipped = (schedule.betas < 0.999).nonzero().flatten()
+    assert len(unclipped) >= T - 2  # clipping acts only at the very end
+    for index in [0, 1, 100, 500, 900, int(unclipped[-1])]:
+        t = index + 1
+        assert schedule.alphas_cumprod[index].item() == pytest.approx(f(t) / f(0), rel=1e-10)
+    assert schedule.betas.max().item() <= 0.999
+
+
+def test_sigmoid_schedule_is_monotone_from_one_to_zero():
+    abar = SigmoidSchedule(1000).alphas_cumprod
+    assert (abar[1:] < abar[:-1]).all()
+    assert abar[0] > 0.99 and abar[-1] < 1e-3
+
+
+@pytest.mark.parametrize("schedule", [LinearSchedule(), CosineSchedule(), SigmoidSchedule()])
+def test_sigma_table_and_timestep_inverse(schedule):
+    abar = schedule.alphas_cumprod
+    torch.testing.assert_close(schedule.sigmas**2, (1 - abar) / abar, rtol=1e-12, atol=0)
+    exact = schedule.sigma_to_timestep(schedule.sigmas[[0, 10, 500, 999]].float())
+    torch.testing.assert_close(exact, torch.tensor([0.0, 10.0, 500.0, 999.0]), atol=2e-3, rtol=0)
+    between = schedule.sigma_to_timestep(
+        torch.tensor([(schedule.sigmas[10] * schedule.sigmas[11]).sqrt().item()])
+    )
+    assert 10 < between.item() < 11
+    drawn = schedule.sample_training_sigmas(4096, generator=torch.Generator().manual_seed(0))
+    assert (
+        drawn.dtype == torch.float32
+        and schedule.sigma_min <= drawn.min()
+        and drawn.max() <= schedule.sigma_max * (1 + 1e-6)
+    )
+
+
+def test_edm_training_sigmas_are_lognormal():
+    schedule = EDMSchedule()
+    n = 100_000
+    log_sigma = (
+        schedule.sample_training_sigmas(n, generator=torch.Generator().manual_seed(0))
+        .double()
+        .log()
+    )
+    assert abs(log_sigma.mean().item() - schedule.P_mean) < 4 * schedule.P_std / math.sqrt(n)
+    assert abs(log_sigma.std().item() - schedule.P_std) < 4 * schedule.P_std / math.sqrt(2 * n)
+    torch.testing.assert_close(
+        schedule.noise_labels(torch.tensor([1.0, math.e**4])), torch.tensor([0.0, 1.0])
+    )
+
+
+@pytest.mark.parametrize("bad", [0, 1, -5, 2.5, True])
+def test_bad_num_timesteps_is_refused_with_its_value(bad):
+    with pytest.raises(ValueError, match=f"num_timesteps must be an integer >= 2, got {bad!r}"):
+        LinearSchedule(bad)
+
+
+def test_bad_edm_range_is_refused():
+    with pytest.raises(ValueError, match="sigma_min=5"):
+        EDMSchedule(sigma_min=5, sigma_max=1)
