@@ -10,11 +10,13 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.errors import DifforgeError
 from difforge.training.build import build_module
+from difforge.training.checkpoint import load_checkpoint
 from difforge.training.module import effective_batch_size
 
 log = logging.getLogger("difforge")
@@ -40,6 +42,14 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if not Path(ckpt_path).is_file():
         raise DifforgeError(f"ckpt_path={ckpt_path} does not exist")
     return str(ckpt_path)
+
+
+def checked_ckpt_path(cfg: DictConfig) -> str | None:
+    """The resume checkpoint, after a safe load that refuses damaged or unsafe files clearly."""
+    path = resolve_ckpt_path(cfg)
+    if path is not None:
+        load_checkpoint(path)
+    return path
 
 
 def refuse_ddp_in_basic_multirun(cfg: DictConfig) -> None:
@@ -106,11 +116,19 @@ def train(cfg: DictConfig) -> float | None:
     hparams["num_parameters"] = sum(p.numel() for p in module.denoiser.parameters())
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
-    ckpt_path = resolve_ckpt_path(cfg)
+    ckpt_path = checked_ckpt_path(cfg)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            log.info(
+                "stopped by SIGTERM at step %d; resume with ckpt_path=last hydra.run.dir=%s",
+                trainer.global_step,
+                output_dir(),
+            )
+            return None
     if cfg.get("test", False):
         trainer.test(module, datamodule=datamodule)
     log.info("run directory: %s", output_dir())

@@ -17,7 +17,7 @@ Splits are deterministic and disjoint: they depend only on the data and on ``see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 SPLITS = ("train", "val", "test")
 
@@ -166,6 +167,42 @@ class ArrayDataset(Dataset):
         return self._convert(self.x[index])
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffled order that is a function of ``(seed, epoch)`` alone, and that remembers how far it
+    got: Lightning calls ``set_epoch`` each epoch, and the stateful loader saves ``state_dict`` in
+    checkpoints, so a resumed run sees exactly the order an uninterrupted run sees, in this epoch
+    and the next ones. (Under DDP Lightning swaps in its ``DistributedSampler``, also seeded per
+    epoch.)"""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed = length, seed
+        self.epoch = 0
+        self._resume_from = 0
+        self._yielded = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(
+            self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        )
+        start, self._resume_from = self._resume_from, 0
+        self._yielded = start
+        for index in order[start:].tolist():
+            self._yielded += 1
+            yield index
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "yielded": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self._resume_from = state["epoch"], state["yielded"]
+
+
 class HorizontalFlip(Dataset):
     """Flips ``x`` along its last axis with probability 1/2 (torch's global RNG, seeded per
     DataLoader worker)."""
@@ -279,13 +316,18 @@ class DiffusionDataModule(pl.LightningDataModule):
         return self._splits[split]
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # A stateful loader with its own seeded generator: Lightning saves its position in
+        # checkpoints, so a resumed run continues the same data order, and creating its iterators
+        # never draws from torch's global RNG (which the training noise uses).
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None  # type: ignore[arg-type]
+        return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

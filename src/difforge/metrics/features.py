@@ -2,9 +2,10 @@
 features ``(N, num_features)``.
 
 * :func:`digits_classifier`: a small CNN trained on the train split of scikit-learn's 8x8 digits
-  (``scripts/train_digits_classifier.py``; weights shipped in ``difforge/assets/``). Features are
-  its penultimate layer (64-d); ``logits``/``predict`` give the class, for class coverage.
-  The held-out test accuracy is stored with the weights (``test_accuracy``).
+  (``scripts/train_digits_classifier.py``; weights shipped in ``difforge/assets/``, 290 KB).
+  Features are its penultimate layer (64-d, pre-activation, scaled to unit mean square on the
+  train split); ``logits``/``predict`` give the class, for class coverage. Its held-out test
+  accuracy, 0.9944 (179/180), is stored with the weights (``test_accuracy``).
 * :func:`load_classifier`: the same architecture trained on another dataset (MNIST,
   Fashion-MNIST: ``${paths.data_dir}/classifiers/<name>.safetensors``, written by the same script
   when the data are present).
@@ -223,7 +224,8 @@ def _inception_hub_file() -> Path:
 def _missing_inception_message(reason: str) -> str:
     return (
         f"the FID Inception-v3 weights are not available ({reason}): download {INCEPTION_URL} "
-        f"and pass metrics.inception_weights=/path/to/{INCEPTION_FILENAME} (or set "
+        f"(pytorch-fid's pt_inception-2015-12-05-6726825d.pth has the same layout) and pass "
+        f"metrics.inception_weights=/path/to/{INCEPTION_FILENAME} (or set "
         f"{INCEPTION_WEIGHTS_ENV}, or put the file in {_inception_hub_file().parent})"
     )
 

@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import tempfile
+import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,8 @@ from difforge.metrics.features import classifier_for, data_name, feature_network
 log = logging.getLogger("difforge")
 
 CACHE_ENV = "DIFFORGE_CACHE_DIR"
+# KID draws its subsets from torch's global CPU RNG: seed it under a lock (thread safety).
+_GLOBAL_RNG_LOCK = threading.Lock()
 # DataModule attributes that change which images a split holds or how they look.
 SPLIT_OPTIONS = (
     "seed",
@@ -125,7 +129,9 @@ class ReferenceStats:
     ) -> ReferenceStats:
         f = features.detach().to("cpu", torch.float64)
         if f.ndim != 2 or f.shape[0] < 2:
-            raise DifforgeError(f"reference statistics need >= 2 feature rows, got {tuple(f.shape)}")
+            raise DifforgeError(
+                f"reference statistics need >= 2 feature rows, got {tuple(f.shape)}"
+            )
         kid = features.detach().to("cpu", torch.float32)
         if kid_max_reference is not None and len(kid) > kid_max_reference:
             generator = torch.Generator().manual_seed(seed)
@@ -291,13 +297,15 @@ class FeatureMetrics:
         self.fid = FrechetInceptionDistance(
             feature=FeatureInput(num_features), reset_real_features=True, **no_sync
         )
-        self.kid = KernelInceptionDistance(
-            feature=FeatureInput(num_features),
-            subsets=kid_subsets,
-            subset_size=kid_subset_size,
-            reset_real_features=True,
-            **no_sync,
-        )
+        with warnings.catch_warnings():  # "will save all extracted features": we know
+            warnings.simplefilter("ignore", UserWarning)
+            self.kid = KernelInceptionDistance(
+                feature=FeatureInput(num_features),
+                subsets=kid_subsets,
+                subset_size=kid_subset_size,
+                reset_real_features=True,
+                **no_sync,
+            )
 
     def __call__(self, reference: ReferenceStats, fake_features: Tensor, seed: int = 0) -> dict:
         if reference.num_features != self.num_features:
@@ -318,7 +326,7 @@ class FeatureMetrics:
         self.kid.update(reference.kid_features.to(torch.float64), real=True)
         self.kid.update(fake, real=False)
         self.kid.subset_size = min(self.kid_subset_size, len(reference.kid_features), len(fake))
-        with torch.random.fork_rng(devices=[]):
+        with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             kid_mean, kid_std = (float(v) for v in self.kid.compute())
         self.fid.reset()

@@ -80,3 +80,39 @@ class SampleGrid(Callback):
                     "samples", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC"
                 )
         return path
+
+
+class FinalCheckpoint(Callback):
+    """Saves ``last.ckpt`` at the last step (``trainer.max_steps``), and when a scheduler stops the
+    run with SIGTERM.
+
+    Periodic checkpoints (``ModelCheckpoint``) miss the last steps of a run that ends between them;
+    this one does not. Lightning turns SIGTERM into a clean stop after the current batch
+    (``SIGTERMException``, every rank agreeing), and the checkpoint is written at that point, so
+    ``ckpt_path=last`` resumes losing nothing. SIGKILL gives no chance to save: resume then starts
+    from the last periodic checkpoint.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # At the batch end, like the periodic checkpoints: there the saved data-loader position
+        # and RNG state are exactly those of the next step.
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")

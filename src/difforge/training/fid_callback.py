@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,9 @@ def rank_slice(total: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, base + (1 if rank < extra else 0)
 
 
-def gather_rows(local: Tensor, total: int, world_size: int, all_gather: Callable[[Tensor], Tensor]) -> Tensor:
+def gather_rows(
+    local: Tensor, total: int, world_size: int, all_gather: Callable[[Tensor], Tensor]
+) -> Tensor:
     """All ranks' ``local`` rows ``(n_r, ...)`` in rank order, ``(total, ...)`` on every rank.
 
     Every rank pads its rows to ``ceil(total / world_size)`` (all_gather needs equal shapes) and
@@ -110,13 +113,19 @@ class FIDCallback(Callback):
         super().__init__()
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise DifforgeError(f"callbacks.fid.{name} must be null or an integer >= 1, got {value!r}")
+                raise DifforgeError(
+                    f"callbacks.fid.{name} must be null or an integer >= 1, got {value!r}"
+                )
         if every_n_epochs is None and every_n_steps is None:
             raise DifforgeError("callbacks.fid needs every_n_epochs or every_n_steps")
         if not isinstance(num_samples, int) or num_samples < 2:
-            raise DifforgeError(f"callbacks.fid.num_samples must be an integer >= 2, got {num_samples!r}")
+            raise DifforgeError(
+                f"callbacks.fid.num_samples must be an integer >= 2, got {num_samples!r}"
+            )
         if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise DifforgeError(f"callbacks.fid.steps must be null or an integer >= 1, got {steps!r}")
+            raise DifforgeError(
+                f"callbacks.fid.steps must be null or an integer >= 1, got {steps!r}"
+            )
         if isinstance(feature, str) and feature not in ("auto", "digits_classifier", "inception"):
             raise DifforgeError(
                 f"callbacks.fid.feature must be auto, digits_classifier or inception, got {feature!r}"
@@ -137,6 +146,11 @@ class FIDCallback(Callback):
         self.kid_subset_size = kid_subset_size
         self.kid_subsets = kid_subsets
         self.enabled = True
+        # Values are computed from all ranks' features and identical everywhere: Lightning's
+        # advice to sync them across devices does not apply.
+        warnings.filterwarnings(
+            "ignore", message=r".*self\.log\('val/(fid|kid|kid_std|class_coverage)'.*sync_dist"
+        )
         self.feature: nn.Module | None = None
         self.classifier: nn.Module | None = None
         self.reference: Any = None
@@ -148,9 +162,13 @@ class FIDCallback(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None:
-            raise DifforgeError("the FID callback needs a DataModule (trainer.fit(..., datamodule=...))")
+            raise DifforgeError(
+                "the FID callback needs a DataModule (trainer.fit(..., datamodule=...))"
+            )
         if getattr(datamodule, "kind", "image") != "image":
-            rank_zero_warn(f"callbacks.fid: {type(datamodule).__name__} is not image data; FID disabled")
+            rank_zero_warn(
+                f"callbacks.fid: {type(datamodule).__name__} is not image data; FID disabled"
+            )
             self.enabled = False
 
     def _build_feature(self, datamodule: Any) -> nn.Module:
@@ -177,8 +195,10 @@ class FIDCallback(Callback):
         if self.feature is None:
             self.feature = self._build_feature(datamodule).requires_grad_(False).eval()
             predict = getattr(self.feature, "predict", None)
-            self.classifier = self.feature if callable(predict) else features.classifier_for(
-                datamodule, self.classifier_dir
+            self.classifier = (
+                self.feature
+                if callable(predict)
+                else features.classifier_for(datamodule, self.classifier_dir)
             )
         self.feature.to(device)
         if self.classifier is not None:
@@ -192,8 +212,12 @@ class FIDCallback(Callback):
             trainer.strategy.barrier("fid_reference")
             if not trainer.is_global_zero:
                 self.reference = reference_stats(
-                    datamodule, self.feature, self.reference_split, self.num_reference,
-                    write=False, **options,
+                    datamodule,
+                    self.feature,
+                    self.reference_split,
+                    self.num_reference,
+                    write=False,
+                    **options,
                 )
             num_features = self.reference.num_features
             self.metrics = FeatureMetrics(num_features, self.kid_subset_size, self.kid_subsets)
@@ -203,7 +227,13 @@ class FIDCallback(Callback):
             return self.sampler
         base: Sampler = self.sampler or pl_module.sampler  # type: ignore[assignment]
         return Sampler(
-            base.algorithm, self.steps, base.grid, base.sigma_min, base.sigma_max, base.rho, **base.options
+            base.algorithm,
+            self.steps,
+            base.grid,
+            base.sigma_min,
+            base.sigma_max,
+            base.rho,
+            **base.options,
         )
 
     # ----- schedule
@@ -214,9 +244,15 @@ class FIDCallback(Callback):
             return True
         if trainer.global_step == self.last_step:
             return False
-        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if (
+            self.every_n_epochs is not None
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        ):
             return True
-        return self.every_n_steps is not None and trainer.global_step - self.last_step >= self.every_n_steps
+        return (
+            self.every_n_steps is not None
+            and trainer.global_step - self.last_step >= self.every_n_steps
+        )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.should_evaluate(trainer):
@@ -251,7 +287,9 @@ class FIDCallback(Callback):
                 generator=generator,
                 batch_size=self.batch_size,
             ).samples
-            local_features = extract_features(self.feature, samples, self.batch_size, pl_module.device)
+            local_features = extract_features(
+                self.feature, samples, self.batch_size, pl_module.device
+            )
             if self.classifier is not None:
                 predictions = predict_classes(self.classifier, samples, self.batch_size)
                 local_counts = torch.bincount(predictions, minlength=num_classes)
@@ -271,7 +309,10 @@ class FIDCallback(Callback):
         if trainer.is_global_zero:
             log.info(
                 "step %d: FID %.4g, KID %.4g (%d samples)",
-                trainer.global_step, metrics["fid"], metrics["kid"], self.num_samples,
+                trainer.global_step,
+                metrics["fid"],
+                metrics["kid"],
+                self.num_samples,
             )
         return metrics
 

@@ -153,7 +153,9 @@ class DiffusionModule(L.LightningModule):
             f"training quantiles t/T in [{t.min().item():.3f}, {t.max().item():.3f}])"
         )
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Right after the weights change, so checkpoints saved in on_train_batch_end include it.
         self.ema.update(self.denoiser.net)
 
     def on_train_epoch_start(self) -> None:
@@ -259,6 +261,22 @@ class DiffusionModule(L.LightningModule):
     # --- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["difforge"] = {"config": self.run_config, "data_shape": list(self.data_shape)}
+        # The training noise comes from torch's global RNG: saving it makes a resumed run draw the
+        # same noise as one that never stopped.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if (
+            "cuda" in states
+            and torch.cuda.is_available()
+            and len(states["cuda"]) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def effective_batch_size(batch_size: int, devices: int, num_nodes: int, accumulate: int) -> int:

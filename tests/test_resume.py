@@ -1,0 +1,157 @@
+"""Nothing trained is lost: stopped, killed or pre-empted runs resume to the same weights as a run
+that never stopped (deterministic mode on CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import QUICK_TRAIN, ROOT, assert_ok, run_cli
+
+TOTAL_STEPS = 16  # digits with data.repeat=1: 12 batches per epoch, so the runs cross an epoch
+DETERMINISTIC = (
+    *[
+        o
+        for o in QUICK_TRAIN
+        if not o.startswith(("trainer.max_steps", "callbacks.model_checkpoint.every_n_train_steps"))
+    ],
+    "trainer.deterministic=true",
+    "data.repeat=1",
+    "seed=7",
+    "callbacks.model_checkpoint.every_n_train_steps=4",
+)
+
+
+def final_state(run_dir: Path) -> dict:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == TOTAL_STEPS
+    return checkpoint
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for index in state_a:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(state_a[index][name], state_b[index][name]), (index, name)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("straight")
+    assert_ok(
+        run_cli(
+            "train", *DETERMINISTIC, f"trainer.max_steps={TOTAL_STEPS}", f"hydra.run.dir={run_dir}"
+        )
+    )
+    return final_state(run_dir)
+
+
+def test_deterministic_runs_are_bitwise_identical(straight_run, tmp_path):
+    assert_ok(
+        run_cli(
+            "train", *DETERMINISTIC, f"trainer.max_steps={TOTAL_STEPS}", f"hydra.run.dir={tmp_path}"
+        )
+    )
+    assert_same_training_state(final_state(tmp_path), straight_run)
+
+
+def test_stopped_and_resumed_equals_straight_through(straight_run, tmp_path):
+    assert_ok(run_cli("train", *DETERMINISTIC, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"))
+    assert_ok(
+        run_cli(
+            "train",
+            *DETERMINISTIC,
+            f"trainer.max_steps={TOTAL_STEPS}",
+            "ckpt_path=last",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    assert_same_training_state(final_state(tmp_path), straight_run)
+
+
+def _start_training(run_dir: Path, max_steps: int) -> subprocess.Popen:
+    environment = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "src" / "train.py"),
+            *DETERMINISTIC,
+            f"trainer.max_steps={max_steps}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_straight_through(straight_run, tmp_path):
+    """SIGKILL gives no chance to save: the run resumes from its last periodic checkpoint."""
+    process = _start_training(tmp_path, 10_000)
+    _wait_for_checkpoint(process, tmp_path / "checkpoints" / "last.ckpt")
+    time.sleep(0.5)
+    process.kill()
+    process.wait()
+    killed_at = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < killed_at < TOTAL_STEPS and killed_at % 4 == 0
+    assert_ok(
+        run_cli(
+            "train",
+            *DETERMINISTIC,
+            f"trainer.max_steps={TOTAL_STEPS}",
+            "ckpt_path=last",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    assert_same_training_state(final_state(tmp_path), straight_run)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_stops_cleanly_then_resumes(straight_run, tmp_path):
+    process = _start_training(tmp_path, 10_000)
+    _wait_for_checkpoint(process, tmp_path / "checkpoints" / "last.ckpt")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert "stopped by SIGTERM" in output
+    stopped_at = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)[
+        "global_step"
+    ]
+    assert stopped_at >= 4
+    if stopped_at < TOTAL_STEPS:
+        assert_ok(
+            run_cli(
+                "train",
+                *DETERMINISTIC,
+                f"trainer.max_steps={TOTAL_STEPS}",
+                "ckpt_path=last",
+                f"hydra.run.dir={tmp_path}",
+            )
+        )
+        assert_same_training_state(final_state(tmp_path), straight_run)
