@@ -377,13 +377,11 @@ def test_callback_under_simulated_ddp_matches_one_process(digits, tmp_path):
     assert single["class_coverage"] == 1.0
 
 
-def test_callback_in_a_trainer_logs_and_keeps_best(digits, tmp_path):
+def make_tiny_module(train):
+    """A LightningModule with ``generate``: train images plus noise of a per-epoch amplitude."""
     import lightning as L
-    from hydra.utils import instantiate
 
     from difforge.diffusion.samplers import SampleResult
-
-    train = digits.reference_samples("train")
 
     class Tiny(L.LightningModule):
         def __init__(self):
@@ -412,9 +410,33 @@ def test_callback_in_a_trainer_logs_and_keeps_best(digits, tmp_path):
             )
             return SampleResult(x.clamp(-1, 1), 1, torch.zeros(2))
 
+    return Tiny()
+
+
+def _best_checkpoint(directory):
+    from hydra.utils import instantiate
+
     cfg = OmegaConf.load(REPO / "configs/callbacks/best_checkpoint.yaml")
-    cfg.best_checkpoint.dirpath = str(tmp_path / "checkpoints")
-    best = instantiate(cfg.best_checkpoint)
+    cfg.best_checkpoint.dirpath = str(directory)
+    return instantiate(cfg.best_checkpoint)
+
+
+def _trainer(tmp_path, callbacks, epochs=3):
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=2,
+        limit_val_batches=1, num_sanity_val_steps=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=callbacks, default_root_dir=tmp_path,
+    )  # fmt: skip
+
+
+def test_callback_in_a_trainer_logs_and_keeps_best(digits, tmp_path):
+    import lightning as L
+    from hydra.utils import instantiate
+
+    module = make_tiny_module(digits.reference_samples("train"))
+    best = _best_checkpoint(tmp_path / "checkpoints")
     fid_cfg = OmegaConf.load(REPO / "configs/callbacks/fid.yaml")
     fid_cfg.fid.cache_dir = str(tmp_path / "stats")
     fid_cfg.fid.classifier_dir = str(tmp_path / "classifiers")
@@ -423,7 +445,6 @@ def test_callback_in_a_trainer_logs_and_keeps_best(digits, tmp_path):
     fid_cfg.fid.kid_subset_size, fid_cfg.fid.kid_subsets = 100, 5
     fid = instantiate(fid_cfg.fid)
     assert fid.sampler.algorithm == "ddim" and fid.sampler.steps == 20
-    module = Tiny()
     seen = []
 
     class Recorder(L.Callback):
@@ -431,19 +452,7 @@ def test_callback_in_a_trainer_logs_and_keeps_best(digits, tmp_path):
             if not trainer.sanity_checking:
                 seen.append(float(trainer.callback_metrics["val/fid"]))
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=3,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[fid, Recorder(), best],
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(tmp_path, [fid, Recorder(), best])
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=64))
     assert len(seen) == 3 and len(module.seen_generators) == 3  # not in the sanity check
     assert seen[1] < seen[0] < seen[2]
@@ -558,3 +567,32 @@ def test_logger_and_callback_configs_compose():
 
 def test_feature_input_has_num_features():
     assert FeatureInput(7).num_features == 7
+
+
+def test_callback_schedule_by_epochs_or_steps():
+    def trainer(step, epoch, sanity=False):
+        return SimpleNamespace(global_step=step, current_epoch=epoch, sanity_checking=sanity)
+
+    by_steps = FIDCallback(every_n_steps=100)
+    assert not by_steps.should_evaluate(trainer(0, 0, sanity=True))
+    assert by_steps.should_evaluate(trainer(30, 0))  # the first validation of a fit
+    by_steps.last_step = 30
+    assert not by_steps.should_evaluate(trainer(90, 1))
+    assert by_steps.should_evaluate(trainer(130, 2))
+    by_epochs = FIDCallback(every_n_epochs=2)
+    by_epochs.last_step = 10
+    assert [by_epochs.should_evaluate(trainer(10 * (e + 2), e)) for e in range(1, 5)] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+
+
+def test_best_checkpoint_waits_for_its_metric(digits, tmp_path):
+    """Without val/fid (no FID callback, or vector data) the best checkpoint warns, not fails."""
+    best = _best_checkpoint(tmp_path / "checkpoints")
+    module = make_tiny_module(digits.reference_samples("train"))
+    with pytest.warns(UserWarning, match="val/fid was not logged"):
+        _trainer(tmp_path, [best], epochs=2).fit(module, datamodule=DigitsDataModule(batch_size=64))
+    assert not (tmp_path / "checkpoints" / "best.ckpt").exists()

@@ -18,7 +18,6 @@ Like ``difforge.diffusion`` these import torch and numpy only (matplotlib inside
 from difforge.lessons.blurring import (
     abar_at,
     count_local_maxima,
-    count_local_maxima_2d,
     critical_sigma,
     marginal_density,
     merge_timesteps,
@@ -29,7 +28,6 @@ from difforge.lessons.blurring import (
 __all__ = [
     "abar_at",
     "count_local_maxima",
-    "count_local_maxima_2d",
     "critical_sigma",
     "marginal_density",
     "merge_timesteps",

@@ -30,7 +30,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
@@ -75,9 +75,9 @@ class FIDCallback(Callback):
     """FID/KID of ``num_samples`` EMA samples against the data's cached reference statistics.
 
     Args:
-        every_n_epochs: evaluate every this many epochs (None: only by steps).
-        every_n_steps: evaluate when this many optimizer steps passed since the last evaluation
-            (checked at validation ends; None: only by epochs).
+        every_n_epochs: evaluate every this many epochs.
+        every_n_steps: when set, replaces ``every_n_epochs``: evaluate at the first validation
+            end at least this many optimizer steps after the last evaluation.
         num_samples: generated samples per evaluation, over all ranks.
         sampler: a ``difforge.diffusion.samplers.Sampler`` (None: the module's).
         steps: override the sampler's step count (None: keep it).
@@ -244,15 +244,9 @@ class FIDCallback(Callback):
             return True
         if trainer.global_step == self.last_step:
             return False
-        if (
-            self.every_n_epochs is not None
-            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        ):
-            return True
-        return (
-            self.every_n_steps is not None
-            and trainer.global_step - self.last_step >= self.every_n_steps
-        )
+        if self.every_n_steps is not None:
+            return trainer.global_step - self.last_step >= self.every_n_steps
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0  # type: ignore[operator]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.should_evaluate(trainer):
@@ -321,3 +315,19 @@ class FIDCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_metrics = dict(state_dict.get("last_metrics", {}))
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for a metric that only some runs log (``val/fid``): until the metric
+    exists it skips top-k saving with one warning instead of failing (vector data, where the FID
+    callback is off, or a run without the FID callback)."""
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self.monitor is not None and self.monitor not in monitor_candidates:
+            rank_zero_warn(
+                f"{self.monitor} was not logged (is callbacks.fid on, with image data?): "
+                f"no best checkpoint saved yet",
+                category=UserWarning,
+            )
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
