@@ -112,9 +112,10 @@ def blurring(cfg: DictConfig) -> dict:
     if mixture2d.dim != 2:
         raise ValueError(f"data2d must be a 2-D mixture (gmm2d), got dimension {mixture2d.dim}")
     bounds = lesson.extent(mixture2d, 1.0, margin=4.0).tolist()
+    shortest = min(schedule.num_timesteps for schedule in schedules.values())
+    ts = [int(t) for t in cfg.image_timesteps if int(t) <= shortest]
     images, rows = {}, {}
     for name, schedule in schedules.items():
-        ts = [int(t) for t in cfg.image_timesteps if int(t) <= schedule.num_timesteps]
         images[name] = [
             lesson.density_image(mixture2d, lesson.abar_at(schedule, t), bounds, cfg.image_points)
             .numpy()

@@ -58,5 +58,10 @@ QUICK_TRAIN = (
     "callbacks.model_checkpoint.every_n_train_steps=3",
     "sampler.steps=3",
     "~callbacks.progress_bar",
+    "logger=csv",
+    "callbacks.fid.num_samples=16",
+    "callbacks.fid.sampler.steps=2",
+    "callbacks.fid.kid_subset_size=8",
+    "callbacks.fid.kid_subsets=2",
     "print_config=false",
 )

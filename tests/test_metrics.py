@@ -442,6 +442,7 @@ def test_callback_in_a_trainer_logs_and_keeps_best(digits, tmp_path):
     fid_cfg.fid.classifier_dir = str(tmp_path / "classifiers")
     fid_cfg.fid.inception_weights = None
     fid_cfg.fid.num_samples = 300
+    fid_cfg.fid.every_n_steps = None  # every epoch
     fid_cfg.fid.kid_subset_size, fid_cfg.fid.kid_subsets = 100, 5
     fid = instantiate(fid_cfg.fid)
     assert fid.sampler.algorithm == "ddim" and fid.sampler.steps == 20

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from difforge.cli.common import output_dir, print_config
 from difforge.cli.sample import load_model, pick_device
@@ -107,5 +107,14 @@ def evaluate_trained(
     if is_image:
         from difforge.metrics.images import image_metrics
 
-        metrics.update(image_metrics(samples, datamodule, seed=cfg.seed))
+        metrics.update(
+            image_metrics(
+                samples,
+                datamodule,
+                seed=cfg.seed,
+                cache_dir=f"{cfg.paths.data_dir}/fid_stats",
+                classifier_dir=f"{cfg.paths.data_dir}/classifiers",
+                inception_weights=OmegaConf.select(cfg, "metrics.inception_weights"),
+            )
+        )
     return metrics

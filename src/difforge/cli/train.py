@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,22 @@ def train(cfg: DictConfig) -> float | None:
             return None
     if cfg.get("test", False):
         trainer.test(module, datamodule=datamodule)
+    write_final_metrics(trainer, cfg)
     log.info("run directory: %s", output_dir())
     value = trainer.callback_metrics.get(cfg.get("optimized_metric", "val/loss"))
     return None if value is None else float(value)
+
+
+def write_final_metrics(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """``final_metrics.json``: the last value of every logged metric and the config choices, for
+    sweep summaries (``scripts/summarize_sweep.py``)."""
+    if trainer.global_rank != 0:
+        return
+    choices = dict(HydraConfig.get().runtime.choices)
+    summary = {
+        "metrics": {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1},
+        "choices": {key: value for key, value in choices.items() if not key.startswith("hydra/") and value is not None},
+        "global_step": trainer.global_step,
+        "overrides": list(HydraConfig.get().overrides.task),
+    }
+    (output_dir() / "final_metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

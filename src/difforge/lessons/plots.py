@@ -6,6 +6,7 @@ layout, no tight bounding box, so tests can check the size) and returns its path
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,20 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str | Path, dpi: int = DPI) -> Path:
+    """Save as a 256-colour PNG (heat maps compress badly in full colour; the docs keep each
+    figure under 300 KB)."""
+    from PIL import Image
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
     _pyplot().close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+            path, optimize=True
+        )
     return path
 
 
@@ -211,6 +222,79 @@ def plot_image_rows(
             ax.set_title(f"t={t}", fontsize=8)
             if column == 0:
                 ax.set_ylabel(name)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- lesson 2: reverse flow
+REVERSE_FLOW_SIZE = (15.0, 8.5)
+
+
+def plot_reverse_flow(
+    rows: Mapping[str, Mapping[str, Any]],
+    background: Mapping[str, Mapping[str, Any]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Particle paths over the exact density of q(x_t): one row per model, one column per
+    sampler, and a last column with the histograms of the final samples against the data law.
+
+    ``rows[model][sampler]`` holds ``t (S+1,)``, ``x (S+1, N)`` (variance-preserving frame),
+    ``colour_index (N,)`` (the mode each path ends in), ``samples (M,)`` (for the histogram)
+    and ``label``; ``background[model]`` holds ``t (H,)``, ``x (G,)``, ``density (H, G)`` and
+    ``data_density (G,)`` (the law of x_0 on ``x``).
+    """
+    plt = _pyplot()
+    models = list(rows)
+    samplers = list(next(iter(rows.values())))
+    fig, axes = plt.subplots(
+        len(models),
+        len(samplers) + 1,
+        figsize=REVERSE_FLOW_SIZE,
+        layout="constrained",
+        squeeze=False,
+        width_ratios=[3] * len(samplers) + [1],
+        sharey=True,
+    )
+    for r, model in enumerate(models):
+        bg = background[model]
+        x_grid, t_grid = np.asarray(bg["x"]), np.asarray(bg["t"])
+        for c, name in enumerate(samplers):
+            panel = rows[model][name]
+            ax = axes[r, c]
+            ax.imshow(
+                np.asarray(bg["density"]).T,
+                extent=(t_grid[0], t_grid[-1], x_grid[0], x_grid[-1]),
+                origin="lower",
+                aspect="auto",
+                cmap="Greys",
+                interpolation="nearest",
+            )
+            t, x = np.asarray(panel["t"]), np.asarray(panel["x"])
+            for j in range(x.shape[1]):
+                ax.plot(t, x[:, j], color=mode_colour(int(panel["colour_index"][j])), lw=0.7)
+            ax.set_xlim(t_grid[-1], t_grid[0])  # reverse time runs left to right: T -> 0
+            ax.set_ylim(x_grid[0], x_grid[-1])
+            ax.set_title(f"{model} - {panel['label']}", fontsize=10)
+            ax.set_xlabel("t (reverse time: noise on the left, data on the right)")
+            if c == 0:
+                ax.set_ylabel("$x_t$")
+        ax = axes[r, -1]
+        for k, name in enumerate(samplers):
+            ax.hist(
+                np.asarray(rows[model][name]["samples"]),
+                bins=120,
+                range=(x_grid[0], x_grid[-1]),
+                density=True,
+                orientation="horizontal",
+                histtype="step",
+                color=f"C{k}",
+                label=name,
+            )
+        ax.plot(np.asarray(bg["data_density"]), x_grid, "k", lw=1.2, label="data law")
+        ax.set_xlabel("density of $x_0$")
+        ax.legend(fontsize=8, loc="upper right")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -158,6 +158,21 @@ class DiffusionModule(L.LightningModule):
         # Right after the weights change, so checkpoints saved in on_train_batch_end include it.
         self.ema.update(self.denoiser.net)
 
+    def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # Every rank starts from the same RNG state (seed or checkpoint); the training noise
+            # must differ between ranks, so derive one stream per rank from it.
+            base = int(torch.randint(0, 2**62, (1,)).item())
+            torch.manual_seed(base + self.global_rank)
+
+    def on_train_end(self) -> None:
+        if self.trainer.world_size > 1:
+            # Every rank updates its EMA from the same synchronised weights; check they agree.
+            checksum = torch.stack([p.double().sum() for p in self.ema.net.parameters()]).sum().reshape(1)
+            gathered = self.all_gather(checksum)
+            if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=0, atol=0):
+                raise RuntimeError(f"EMA weights differ between ranks: checksums {gathered.flatten().tolist()}")
+
     def on_train_epoch_start(self) -> None:
         # Epoch-level metrics restart each epoch (and get fresh state under ddp_spawn).
         for metric in self.quartile_losses:
