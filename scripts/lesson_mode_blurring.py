@@ -117,8 +117,9 @@ def blurring(cfg: DictConfig) -> dict:
     images, rows = {}, {}
     for name, schedule in schedules.items():
         images[name] = [
-            lesson.density_image(mixture2d, lesson.abar_at(schedule, t), bounds, cfg.image_points)
-            .numpy()
+            lesson.density_image(
+                mixture2d, lesson.abar_at(schedule, t), bounds, cfg.image_points
+            ).numpy()
             for t in ts
         ]
     plots.plot_density_images(

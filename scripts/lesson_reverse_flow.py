@@ -61,9 +61,7 @@ def train_mlp(cfg: DictConfig, data_choice: str) -> Path:
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment)
     if result.returncode != 0 or not checkpoint.exists():
-        raise RuntimeError(
-            f"training failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
-        )
+        raise RuntimeError(f"training failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return checkpoint
 
 
@@ -94,7 +92,9 @@ def reverse_flow(cfg: DictConfig) -> dict:
     out = Path(cfg.out_dir)
     mixture = instantiate(cfg.data).mixture
     if mixture.dim != 1:
-        raise ValueError(f"this lesson draws 1-D paths: data must be a 1-D mixture, got dim {mixture.dim}")
+        raise ValueError(
+            f"this lesson draws 1-D paths: data must be a 1-D mixture, got dim {mixture.dim}"
+        )
     samplers = {"stochastic": instantiate(cfg.stochastic), "ode": instantiate(cfg.ode)}
 
     ckpt_path = cfg.ckpt_path
@@ -107,7 +107,12 @@ def reverse_flow(cfg: DictConfig) -> dict:
         *(OmegaConf.to_container(train_cfg.data[k]) for k in ("weights", "means", "stds"))
     )
     models = {
-        "exact oracle": (GaussianMixtureOracle(mixture), instantiate(cfg.schedule), mixture, torch.float64),
+        "exact oracle": (
+            GaussianMixtureOracle(mixture),
+            instantiate(cfg.schedule),
+            mixture,
+            torch.float64,
+        ),
         "trained MLP": (module.sampling_denoiser(), module.schedule, mlp_mixture, torch.float32),
     }
 
@@ -146,6 +151,7 @@ def reverse_flow(cfg: DictConfig) -> dict:
                 "colour_index": mode_assignments(samples[:shown], law).numpy(),
                 "samples": samples[:, 0].numpy(),
                 "label": label,
+                "short": f"{sampler.algorithm} ({sampler_kind(sampler)})",
             }
             summary["panels"][f"{model_name} / {role}"] = {
                 "sampler": repr(sampler),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,17 +43,16 @@ def _instantiation_target(error: BaseException) -> str:
 
 def run_command(command: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run ``command(cfg)``; an error caused by bad input becomes ``error: <message>`` and exit 1,
-    unless ``traceback=true`` or ``HYDRA_FULL_ERROR=1``."""
+    after the full traceback with ``traceback=true``. Bugs, and every error under
+    ``HYDRA_FULL_ERROR=1``, propagate with their traceback."""
     try:
         return command(cfg)
     except Exception as error:
         message = user_error_message(error)
-        if (
-            message is None
-            or cfg.get("traceback", False)
-            or os.environ.get("HYDRA_FULL_ERROR") == "1"
-        ):
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if cfg.get("traceback", False):
+            traceback.print_exc()
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
 

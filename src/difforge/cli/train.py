@@ -96,6 +96,8 @@ def train(cfg: DictConfig) -> float | None:
     refuse_ddp_in_basic_multirun(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
+    if not cfg.data.get("download", False):
+        datamodule.setup("fit")  # missing or unreadable data fail here, before anything heavy
     module = build_module(cfg, tuple(datamodule.data_shape))  # type: ignore[attr-defined]
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))

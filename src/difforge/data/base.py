@@ -28,14 +28,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from difforge.errors import DataError
+
 SPLITS = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------------------- errors
-class DataError(Exception):
-    """Base class of the errors raised by ``difforge.data``."""
-
-
 class DataConfigError(DataError, ValueError):
     """An invalid data option (the message names the ``data.<key>`` to change)."""
 

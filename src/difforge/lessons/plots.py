@@ -150,14 +150,18 @@ def plot_mode_counts(
         right.semilogy(t, sigma, color=colour, label=name)
         if c["merge_t"]:
             left.axvline(c["merge_t"], color=colour, ls=":", lw=1)
-            right.plot([c["merge_t"]], [critical_sigma or sigma[c["merge_t"] - 1]], "o", color=colour)
+            right.plot(
+                [c["merge_t"]], [critical_sigma or sigma[c["merge_t"] - 1]], "o", color=colour
+            )
     left.set_xlabel("t")
     left.set_ylabel("number of modes of $q(x_t)$")
     left.set_yticks(range(int(max(max(c["modes"]) for c in curves.values())) + 1))
     left.legend()
     left.set_title("modes of the exact marginal (dotted: merge time)")
     if critical_sigma:
-        right.axhline(critical_sigma, color="k", ls="--", lw=1, label=f"$\\sigma^*$ = {critical_sigma:.4f}")
+        right.axhline(
+            critical_sigma, color="k", ls="--", lw=1, label=f"$\\sigma^*$ = {critical_sigma:.4f}"
+        )
     right.set_xlabel("t")
     right.set_ylabel("$\\sigma_t = \\sqrt{(1-\\bar\\alpha_t)/\\bar\\alpha_t}$")
     right.legend()
@@ -241,8 +245,8 @@ def plot_reverse_flow(
     sampler, and a last column with the histograms of the final samples against the data law.
 
     ``rows[model][sampler]`` holds ``t (S+1,)``, ``x (S+1, N)`` (variance-preserving frame),
-    ``colour_index (N,)`` (the mode each path ends in), ``samples (M,)`` (for the histogram)
-    and ``label``; ``background[model]`` holds ``t (H,)``, ``x (G,)``, ``density (H, G)`` and
+    ``colour_index (N,)`` (the mode each path ends in), ``samples (M,)`` (for the histogram),
+    ``label`` (the panel title) and optionally ``short`` (the histogram legend); ``background[model]`` holds ``t (H,)``, ``x (G,)``, ``density (H, G)`` and
     ``data_density (G,)`` (the law of x_0 on ``x``).
     """
     plt = _pyplot()
@@ -290,11 +294,161 @@ def plot_reverse_flow(
                 orientation="horizontal",
                 histtype="step",
                 color=f"C{k}",
-                label=name,
+                label=rows[model][name].get("short", name),
             )
         ax.plot(np.asarray(bg["data_density"]), x_grid, "k", lw=1.2, label="data law")
         ax.set_xlabel("density of $x_0$")
         ax.legend(fontsize=8, loc="upper right")
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------- lesson 4: efficiency
+NFE_SWEEP_SIZE = (13.0, 5.0)
+
+
+def plot_nfe_sweep(
+    panels: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = ""
+) -> Path:
+    """Error against NFE (log-log), one line per sampler, one panel per experiment.
+
+    ``panels[title]`` holds ``records`` (dicts with ``algorithm``, ``nfe``, ``error``),
+    ``ylabel``, optionally ``floor`` (mean, std: the error of exact samples, drawn as a band),
+    ``threshold`` (a dashed line) and ``reached`` (``{algorithm: nfe}``, marked on the line).
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=NFE_SWEEP_SIZE, layout="constrained", squeeze=False
+    )
+    for ax, (panel_title, panel) in zip(axes[0], panels.items(), strict=True):
+        records = panel["records"]
+        algorithms = list(dict.fromkeys(r["algorithm"] for r in records))
+        for k, algorithm in enumerate(algorithms):
+            colour, marker = SAMPLER_STYLES.get(algorithm, (f"C{k}", "o"))
+            points = sorted(
+                (r["nfe"], r["error"])
+                for r in records
+                if r["algorithm"] == algorithm and np.isfinite(r["error"])
+            )
+            ax.loglog(
+                *zip(*points, strict=True), marker=marker, ms=4, color=colour, label=algorithm
+            )
+            reached = (panel.get("reached") or {}).get(algorithm)
+            if reached is not None:
+                ax.plot(
+                    [reached["nfe"]],
+                    [reached["error"]],
+                    marker="*",
+                    ms=14,
+                    color=colour,
+                    markeredgecolor="k",
+                )
+        floor = panel.get("floor")
+        if floor is not None:
+            mean, std = floor
+            ax.axhspan(
+                max(mean - 2 * std, 1e-6),
+                mean + 2 * std,
+                color="0.85",
+                zorder=0,
+                label=f"statistical floor {mean:.4f}",
+            )
+        threshold = panel.get("threshold")
+        if threshold is not None:
+            ax.axhline(threshold, color="k", ls="--", lw=1, label=f"W1 = {threshold:g}")
+        ax.set_xlabel("NFE (denoiser evaluations per sample)")
+        ax.set_ylabel(panel.get("ylabel", "error"))
+        ax.set_title(panel_title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------- lesson 3: mode collapse
+def collapse_size(columns: int) -> tuple[float, float]:
+    return (3.2 * columns, 6.6)
+
+
+def plot_collapse_panels(
+    rows: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, title: str = ""
+) -> Path:
+    """One row per data set, one panel per experiment: samples against the data law.
+
+    Each panel holds ``samples (N, D)``, ``title`` and the law drawn behind them: 1-D ``x (G,)``
+    and ``density (G,)``; 2-D ``bounds ((x0, x1), (y0, y1))`` and ``density (P, P)``.
+    """
+    plt = _pyplot()
+    names = list(rows)
+    columns = max(len(panels) for panels in rows.values())
+    fig, axes = plt.subplots(
+        len(names), columns, figsize=collapse_size(columns), layout="constrained", squeeze=False
+    )
+    for r, name in enumerate(names):
+        for c in range(columns):
+            ax = axes[r, c]
+            if c >= len(rows[name]):
+                ax.axis("off")
+                continue
+            panel = rows[name][c]
+            samples = np.asarray(panel["samples"])
+            if samples.shape[1] == 1:
+                x = np.asarray(panel["x"])
+                ax.hist(samples[:, 0], bins=120, range=(x[0], x[-1]), density=True, alpha=0.6)
+                ax.plot(x, np.asarray(panel["density"]), "k", lw=1)
+                ax.set_yticks([])
+            else:
+                (x0, x1), (y0, y1) = panel["bounds"]
+                ax.contour(
+                    np.linspace(x0, x1, panel["density"].shape[1]),
+                    np.linspace(y0, y1, panel["density"].shape[0]),
+                    np.asarray(panel["density"]),
+                    levels=4,
+                    colors="k",
+                    linewidths=0.6,
+                )
+                ax.scatter(samples[:1500, 0], samples[:1500, 1], s=1.5, alpha=0.5)
+                ax.set_xlim(x0, x1)
+                ax.set_ylim(y0, y1)
+                ax.set_aspect("equal")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            ax.set_title(panel["title"], fontsize=8.5)
+            if c == 0:
+                ax.set_ylabel(name)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+COLLAPSE_MASS_SIZE = (13.0, 4.5)
+
+
+def plot_collapse_mass(
+    panels: Mapping[str, Mapping[str, Any]], true_mass: Sequence[float], path: str | Path
+) -> Path:
+    """Per-mode on-mode mass (and the off-mode share) against a knob, one panel per knob.
+
+    ``panels[title]`` holds ``x`` (the knob's values), ``mass (len(x), K)``, ``off_mode
+    (len(x),)``, ``xlabel`` and optionally ``log`` (log x axis). Dashed: the true masses.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=COLLAPSE_MASS_SIZE, layout="constrained", squeeze=False
+    )
+    for ax, (panel_title, panel) in zip(axes[0], panels.items(), strict=True):
+        x, mass = np.asarray(panel["x"]), np.asarray(panel["mass"])
+        for k in range(mass.shape[1]):
+            ax.plot(x, mass[:, k], "o-", color=mode_colour(k), label=f"mode {k}")
+            ax.axhline(true_mass[k], color=mode_colour(k), ls="--", lw=0.8)
+        ax.plot(x, np.asarray(panel["off_mode"]), "x:", color="k", label="on no mode")
+        if panel.get("log"):
+            ax.set_xscale("log")
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel("share of samples (dashed: exact sampler)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(panel_title)
+        ax.legend(fontsize=8)
     return _save(fig, path)

@@ -42,7 +42,17 @@ def check_network_fits_data(net: Any, data_shape: tuple[int, ...]) -> None:
             raise ValueError(f"the data have dimension {data_shape[0]} but model.dim={dim}")
 
 
+def check_model_config_fits_data(model_cfg: DictConfig, data_shape: tuple[int, ...]) -> None:
+    """Image networks read ``data.channels``/``data.image_size``, vector networks ``data.dim``: a
+    missing one means the model does not fit the data kind."""
+    if "dim" in model_cfg and model_cfg.dim is None:
+        raise ValueError(f"model {model_cfg._target_.split('.')[-1]} is for vector data (data.dim), but the data are images of shape {data_shape}; use model=unet_tiny (or another unet)")
+    if "in_channels" in model_cfg and model_cfg.in_channels is None:
+        raise ValueError(f"model {model_cfg._target_.split('.')[-1]} is for images, but the data are vectors of shape {data_shape}; use model=mlp")
+
+
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
+    check_model_config_fits_data(cfg.model, data_shape)
     net = instantiate(cfg.model)
     check_network_fits_data(net, data_shape)
     module_factory = instantiate(cfg.module)
@@ -72,7 +82,11 @@ def module_from_checkpoint(
         cfg.sampler = sampler_cfg
     data_shape = tuple(checkpoint["difforge"]["data_shape"])
     module = build_module(cfg, data_shape)
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+        raise CheckpointError(f"checkpoint {path} does not match its own model configuration: {first}") from None
     missing = [
         k for k in missing if not k.startswith(("train_loss", "val_loss", "quartile_losses"))
     ]

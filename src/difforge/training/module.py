@@ -6,6 +6,7 @@ The math lives in ``difforge.diffusion``; this class only wires it to Lightning.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -16,10 +17,23 @@ from torchmetrics import MeanMetric
 from difforge.diffusion.guidance import ClassifierFreeGuidance
 from difforge.diffusion.parameterization import Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
-from difforge.diffusion.schedules import NoiseSchedule
+from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
 from difforge.training.ema import EMA
 
 NUM_NOISE_QUARTILES = 4
+log = logging.getLogger("difforge")
+
+
+def nonfinite_parameter_groups(net: nn.Module, depth: int = 2) -> list[str]:
+    """Names (to ``depth`` components) of the parameter groups holding NaN/Inf weights or gradients."""
+    groups: list[str] = []
+    for name, parameter in net.named_parameters():
+        values_bad = not torch.isfinite(parameter).all()
+        grad_bad = parameter.grad is not None and not torch.isfinite(parameter.grad).all()
+        group = ".".join(name.split(".")[:depth])
+        if (values_bad or grad_bad) and group not in groups:
+            groups.append(group)
+    return groups
 
 
 class DiffusionModule(L.LightningModule):
@@ -36,6 +50,8 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: classifier-free guidance weight used when sampling with labels.
         compile: ``torch.compile`` the training forward pass.
         channels_last: keep image tensors in channels-last memory format.
+        max_nonfinite_skips: steps with a non-finite loss or gradient to skip (with a warning)
+            before stopping; 0 stops at the first.
     """
 
     def __init__(
@@ -56,6 +72,7 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: float = 1.0,
         compile: bool = False,
         channels_last: bool = False,
+        max_nonfinite_skips: int = 0,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -97,6 +114,10 @@ class DiffusionModule(L.LightningModule):
         self._train_forward = (
             torch.compile(self._loss_per_sample) if compile else self._loss_per_sample
         )
+        if max_nonfinite_skips < 0:
+            raise ValueError(f"max_nonfinite_skips must be >= 0, got {max_nonfinite_skips}")
+        self.max_nonfinite_skips = max_nonfinite_skips
+        self.nonfinite_skips = 0
         self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
 
     # --- training -----------------------------------------------------------------------------
@@ -114,7 +135,7 @@ class DiffusionModule(L.LightningModule):
     ) -> Tensor:
         return self.loss_fn(denoiser, x0, sigma, noise, labels)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x0, y = batch
         x0 = self._prepare(x0)
         sigma = self.schedule.sample_training_sigmas(x0.shape[0], device=x0.device)
@@ -122,7 +143,10 @@ class DiffusionModule(L.LightningModule):
         per_sample = self._train_forward(self.denoiser, x0, sigma, noise, self._training_labels(y))
         loss = per_sample.mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(self._nonfinite_message(loss, sigma))
+            self._skip_or_stop(
+                f"non-finite training loss {loss.item()}", per_sample.detach(), sigma
+            )
+            return None
         self.train_loss(per_sample.detach())
         quartile = (
             (self.schedule.training_quantile(sigma) * NUM_NOISE_QUARTILES)
@@ -145,13 +169,56 @@ class DiffusionModule(L.LightningModule):
         )
         return loss
 
-    def _nonfinite_message(self, loss: Tensor, sigma: Tensor) -> str:
-        t = self.schedule.training_quantile(sigma)
-        return (
-            f"non-finite training loss {loss.item()} at global step {self.global_step} "
-            f"(noise levels sigma in [{sigma.min().item():.4g}, {sigma.max().item():.4g}], "
-            f"training quantiles t/T in [{t.min().item():.3f}, {t.max().item():.3f}])"
+    def _nonfinite_message(self, what: str, per_sample: Tensor | None, sigma: Tensor | None) -> str:
+        parts = [f"{what} at global step {self.global_step}"]
+        if per_sample is not None and sigma is not None:
+            bad = ~torch.isfinite(per_sample)
+            levels = sigma[bad] if bad.any() else sigma
+            if isinstance(self.schedule, DiscreteSchedule):
+                steps = (self.schedule.sigma_to_timestep(levels) + 1).round().long().tolist()
+                parts.append(
+                    f"timesteps t = {sorted(steps)[:16]} of T = {self.schedule.num_timesteps}"
+                )
+            else:
+                parts.append(
+                    f"noise levels sigma = {[round(v, 4) for v in sorted(levels.tolist())[:16]]}"
+                )
+        groups = nonfinite_parameter_groups(self.denoiser.net)
+        parts.append(
+            f"non-finite weights or gradients in: {', '.join(groups) if groups else 'none'}"
         )
+        if self.max_nonfinite_skips:
+            parts.append(
+                f"after skipping {self.nonfinite_skips} such step(s), the limit module.max_nonfinite_skips={self.max_nonfinite_skips}"
+            )
+        parts.append(
+            "the last checkpoint is intact; lower module.lr, use gradient clipping, or check the data"
+        )
+        return "; ".join(parts)
+
+    def _skip_or_stop(
+        self, what: str, per_sample: Tensor | None = None, sigma: Tensor | None = None
+    ) -> None:
+        """Skip a step with non-finite numbers while the budget lasts, else stop with the details."""
+        if self.nonfinite_skips < self.max_nonfinite_skips:
+            self.nonfinite_skips += 1
+            log.warning("skipping a step: %s", self._nonfinite_message(what, per_sample, sigma))
+            return
+        raise FloatingPointError(self._nonfinite_message(what, per_sample, sigma))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # fp16 mixed precision: the gradient scaler skips overflowing steps itself.
+        if "16-mixed" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision):
+            return
+        grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
+        if (
+            grads
+            and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads])).all()
+        ):
+            self._skip_or_stop("non-finite gradients")
+            optimizer.zero_grad(
+                set_to_none=True
+            )  # a skipped step: AdamW leaves parameters without gradients untouched
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -168,10 +235,14 @@ class DiffusionModule(L.LightningModule):
     def on_train_end(self) -> None:
         if self.trainer.world_size > 1:
             # Every rank updates its EMA from the same synchronised weights; check they agree.
-            checksum = torch.stack([p.double().sum() for p in self.ema.net.parameters()]).sum().reshape(1)
+            checksum = (
+                torch.stack([p.double().sum() for p in self.ema.net.parameters()]).sum().reshape(1)
+            )
             gathered = self.all_gather(checksum)
             if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=0, atol=0):
-                raise RuntimeError(f"EMA weights differ between ranks: checksums {gathered.flatten().tolist()}")
+                raise RuntimeError(
+                    f"EMA weights differ between ranks: checksums {gathered.flatten().tolist()}"
+                )
 
     def on_train_epoch_start(self) -> None:
         # Epoch-level metrics restart each epoch (and get fresh state under ddp_spawn).
