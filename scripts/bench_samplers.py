@@ -106,6 +106,8 @@ DIFFUSERS_CONFIGS: dict[str, list[dict[str, Any]]] = {
         {"timestep_spacing": "linspace", "use_karras_sigmas": True},
     ],
 }
+# Heun steps for the "ODE limit" reference (2 * steps - 1 NFE, float64).
+ODE_LIMIT_STEPS = 200
 DIFFORGE_GRIDS = {
     "ddpm": ("discrete", "karras"),
     "ddim": ("discrete", "karras"),
@@ -242,6 +244,75 @@ def run_diffusers(
     return x, calls
 
 
+def evaluate_mixture(
+    mixture: GaussianMixture,
+    schedule: LinearSchedule,
+    args: argparse.Namespace,
+    dtype: torch.dtype,
+    use_diffusers: bool,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Every sampler and configuration at every NFE on one mixture, metrics averaged over seeds."""
+    oracle = GaussianMixtureOracle(mixture)
+    metrics = Metrics(mixture, args.samples)
+    floor = statistical_floor(metrics, args.samples, args.floor_seeds)
+    rows: list[dict[str, Any]] = []
+
+    def averaged(run: Any) -> dict[str, Any]:
+        per_seed = [run(seed) for seed in args.seeds]
+        out = {key: statistics.fmean(m[key] for _, m in per_seed) for key in ("w1", "mass_err")}
+        out["nfe"] = per_seed[0][0]
+        out["per_seed_w1"] = [m["w1"] for _, m in per_seed]
+        return out
+
+    def difforge_run(family: str, grid: str, nfe: int, run_dtype: torch.dtype = dtype) -> Any:
+        def run(seed: int) -> Any:
+            x, used = run_difforge(
+                family, grid, nfe, oracle, schedule, args.samples, seed, run_dtype
+            )
+            return used, metrics(x)
+
+        return averaged(run)
+
+    def diffusers_run(family: str, config: dict[str, Any], nfe: int) -> Any:
+        def run(seed: int) -> Any:
+            x, used = run_diffusers(family, config, nfe, oracle, args.samples, seed, dtype)
+            return used, metrics(x)
+
+        return averaged(run)
+
+    # The deterministic samplers' limit for these noise draws: the ODE solved finely.
+    limit = difforge_run("heun", "karras", 2 * ODE_LIMIT_STEPS - 1, torch.float64)
+    for family in args.families:
+        for nfe in args.nfe:
+            for k, grid in enumerate(DIFFORGE_GRIDS[family]):
+                rows.append(
+                    {
+                        "side": "difforge",
+                        "family": family,
+                        "config": grid,
+                        "default": k == 0,
+                        "nfe_target": nfe,
+                        **difforge_run(family, grid, nfe),
+                    }
+                )
+            if not use_diffusers:
+                continue
+            for k, config in enumerate(DIFFUSERS_CONFIGS[family]):
+                rows.append(
+                    {
+                        "side": "diffusers",
+                        "family": family,
+                        "config": config_label(config),
+                        "default": k == 0,
+                        "nfe_target": nfe,
+                        **diffusers_run(family, config, nfe),
+                    }
+                )
+    floor["ode_limit_w1"] = limit["w1"]
+    floor["ode_limit_mass_err"] = limit["mass_err"]
+    return floor, rows
+
+
 def config_label(config: dict[str, Any]) -> str:
     label = config.get("timestep_spacing", "")
     if config.get("use_karras_sigmas"):
@@ -281,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     parser.add_argument("--mixtures", nargs="+", default=["gmm1d", "gmm2d"])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="metrics are means over these"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: stable when shared)"
+    )
     parser.add_argument("--floor-seeds", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--no-diffusers", action="store_true", help="difforge only")
@@ -289,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.samples, args.nfe, args.floor_seeds = 2000, [5, 10], 2
+        args.samples, args.nfe, args.floor_seeds, args.seeds = 2000, [5, 10], 2, [0]
+    torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     use_diffusers = not args.no_diffusers
     if use_diffusers:
@@ -307,50 +384,20 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['nproc']} cores, {info['cpu']}, torch {info['torch']} "
         f"({info['threads']} threads), diffusers {info['diffusers']}"
     )
-    print(f"command: python scripts/bench_samplers.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"samples {args.samples}, seed {args.seed}, dtype {args.dtype}, NFE {args.nfe}\n")
+    print(
+        f"command: python scripts/bench_samplers.py {' '.join(sys.argv[1:] if argv is None else argv)}"
+    )
+    print(
+        f"samples {args.samples} per seed, seeds {args.seeds} (metrics are means over seeds), "
+        f"dtype {args.dtype}, NFE {args.nfe}\n"
+    )
     schedule = LinearSchedule(1000, 1e-4, 0.02)
     mixtures = make_mixtures()
     results: dict[str, Any] = {"machine": info, "args": vars(args) | {"json": str(args.json)}}
     started = time.perf_counter()
     for name in args.mixtures:
         mixture = mixtures[name]
-        oracle = GaussianMixtureOracle(mixture)
-        metrics = Metrics(mixture, args.samples)
-        floor = statistical_floor(metrics, args.samples, args.floor_seeds)
-        rows: list[dict[str, Any]] = []
-        for family in args.families:
-            for nfe in args.nfe:
-                for k, grid in enumerate(DIFFORGE_GRIDS[family]):
-                    x, used = run_difforge(
-                        family, grid, nfe, oracle, schedule, args.samples, args.seed, dtype
-                    )
-                    rows.append(
-                        {
-                            "side": "difforge",
-                            "family": family,
-                            "config": grid,
-                            "default": k == 0,
-                            "nfe_target": nfe,
-                            "nfe": used,
-                            **metrics(x),
-                        }
-                    )
-                if not use_diffusers:
-                    continue
-                for k, config in enumerate(DIFFUSERS_CONFIGS[family]):
-                    x, used = run_diffusers(family, config, nfe, oracle, args.samples, args.seed, dtype)
-                    rows.append(
-                        {
-                            "side": "diffusers",
-                            "family": family,
-                            "config": config_label(config),
-                            "default": k == 0,
-                            "nfe_target": nfe,
-                            "nfe": used,
-                            **metrics(x),
-                        }
-                    )
+        floor, rows = evaluate_mixture(mixture, schedule, args, dtype, use_diffusers)
         results[name] = {"floor": floor, "rows": rows}
         print_tables(name, mixture, floor, rows, args.nfe, args.families, use_diffusers)
     results["seconds"] = time.perf_counter() - started
@@ -386,7 +433,12 @@ def print_tables(
     print(
         f"statistical floor (exact samples of the same size, mean +- std over seeds): "
         f"W1 {floor['w1_mean']:.4f} +- {floor['w1_std']:.4f}, "
-        f"mass error {floor['mass_err_mean']:.4f} +- {floor['mass_err_std']:.4f}\n"
+        f"mass error {floor['mass_err_mean']:.4f} +- {floor['mass_err_std']:.4f}"
+    )
+    print(
+        f"ODE limit for the same noise draws (difforge heun, {2 * ODE_LIMIT_STEPS - 1} NFE, "
+        f"float64; the floor of the deterministic samplers here): W1 {floor['ode_limit_w1']:.4f}, "
+        f"mass error {floor['ode_limit_mass_err']:.4f}\n"
     )
     for metric, label in (("w1", "W1"), ("mass_err", "mode-mass error")):
         header = "| sampler | side (config) | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
@@ -437,7 +489,11 @@ def print_tables(
                 )
         if best_any is not None:
             best_ours = min(
-                (r for r in rows if r["side"] == "difforge" and r["nfe_target"] == nfe and r["default"]),
+                (
+                    r
+                    for r in rows
+                    if r["side"] == "difforge" and r["nfe_target"] == nfe and r["default"]
+                ),
                 key=lambda r: r["w1"],
             )
             print(

@@ -100,7 +100,9 @@ def build_diffusers(cfg: dict[str, Any]) -> nn.Module:
         head_dim = None  # diffusers: one head of the block's width
     else:
         if len(set(attention_widths)) != 1:
-            raise ValueError("num_heads > 1 at several attention widths has no diffusers equivalent")
+            raise ValueError(
+                "num_heads > 1 at several attention widths has no diffusers equivalent"
+            )
         head_dim = attention_widths[0] // cfg["num_heads"]
     # diffusers has one GroupNorm group count for every width; difforge uses 32 where it divides
     # the width (all of small and base), fewer on narrow layers (tiny: 16 at width 16).
@@ -281,7 +283,8 @@ def run_variant(
     if peers:
         result["ratio"] = {
             kind: statistics.median(
-                d / p for d, p in zip(times["difforge"][kind], times["diffusers"][kind], strict=True)
+                d / p
+                for d, p in zip(times["difforge"][kind], times["diffusers"][kind], strict=True)
             )
             for kind in ("train", "infer")
         }
@@ -329,7 +332,9 @@ def print_table(results: list[dict[str, Any]], peers: bool) -> None:
         )
         print("|" + " --- |" * 15)
     else:
-        print("| size | variant | batch | train s/step | infer s | train peak MiB | infer peak MiB |")
+        print(
+            "| size | variant | batch | train s/step | infer s | train peak MiB | infer peak MiB |"
+        )
         print("|" + " --- |" * 7)
     for r in results:
         med = r["median_s"]
@@ -365,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=list(SETTINGS))
     parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
-    parser.add_argument("--compile", action="store_true", help="add torch.compile variants (small/tiny)")
+    parser.add_argument(
+        "--compile", action="store_true", help="add torch.compile variants (small/tiny)"
+    )
     parser.add_argument("--batch", type=int, default=None, help="override the size's batch")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="calls per timed block")
@@ -392,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['nproc']} cores, {info['cpu']} ({info['cpu_capability']}), "
         f"torch {info['torch']} ({info['threads']} threads), diffusers {info['diffusers']}"
     )
-    print(f"command: python scripts/bench_unet.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(
+        f"command: python scripts/bench_unet.py {' '.join(sys.argv[1:] if argv is None else argv)}"
+    )
     results = []
     for size in args.sizes:
         settings = SETTINGS[size]
@@ -421,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "diffusers" and not peers:
                     continue
                 torch.manual_seed(0)
-                b = Bench(name, build(cfg), args.batch or settings["batch"], settings, VARIANTS["fp32"])
+                b = Bench(
+                    name, build(cfg), args.batch or settings["batch"], settings, VARIANTS["fp32"]
+                )
                 b.train_step()
                 print(f"\n{size} {name}: fp32 train step, top ops by self CPU time")
                 print(top_ops(b.train_step, 15))

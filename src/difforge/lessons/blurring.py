@@ -9,8 +9,8 @@ is again a mixture, in closed form: no histogram is needed (``GaussianMixture.lo
 ``scale = sqrt(abar_t)``, ``sigma = sqrt(1 - abar_t)``). As t grows the peaks sink (the weights
 spread over wider components), widen, slide towards 0 and finally merge into one: mode blurring.
 
-Counting modes. ``num_modes`` counts the strict local maxima of the exact log-density on a fine
-grid (1-D) or image (2-D) that covers every component. Since q(x_t) is the variance-exploding
+Counting modes. ``num_modes`` counts the strict local maxima of the exact log-density of a 1-D
+mixture on a fine grid that covers every component. Since q(x_t) is the variance-exploding
 marginal p_sigma(x) = (q_0 * N(0, sigma^2))(x) rescaled by sqrt(abar_t), with
 sigma_t = sqrt((1 - abar_t) / abar_t), the number of modes depends on sigma_t only, not on the
 schedule. In one dimension Gaussian smoothing never creates a mode (the scale-space causality of
