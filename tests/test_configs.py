@@ -88,3 +88,16 @@ def test_schedule_parameterization_loss_sampler_combinations(schedule, parameter
                 continue
             result = module.generate(4, sampler=sampler)
             assert result.samples.shape == (4, 1) and torch.isfinite(result.samples).all()
+
+
+def test_slurm_launcher_config_composes_with_ddp_settings():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm_ddp", "trainer=ddp_multinode", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2

@@ -59,3 +59,13 @@ def test_submitit_local_launches_a_run(tmp_path):
     assert_ok(result)
     summary = json.loads((tmp_path / "0" / "final_metrics.json").read_text())
     assert summary["global_step"] == 6
+
+
+def test_resume_under_a_different_device_count(tmp_path):
+    assert_ok(run_cli("train", *QUICK_TRAIN, f"hydra.run.dir={tmp_path}"))
+    result = run_cli(
+        "train", *[o for o in QUICK_TRAIN if not o.startswith("trainer.max_steps")], "trainer.max_steps=10",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "ckpt_path=last", f"hydra.run.dir={tmp_path}",
+    )
+    assert_ok(result)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10

@@ -73,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if mixture is not None:
         metrics.update(mixture_metrics(result.samples, mixture, seed=cfg.seed))
     if isinstance(model, DiffusionModule):
+        assert train_cfg is not None  # a trained model comes with its training config
         metrics.update(evaluate_trained(model, train_cfg, cfg, result.samples))
     elif cfg.nll.enabled and mixture is not None:
         x, _ = mixture.sample(cfg.nll.num_points, torch.Generator().manual_seed(cfg.seed + 1))

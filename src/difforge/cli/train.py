@@ -147,8 +147,16 @@ def write_final_metrics(trainer: L.Trainer, cfg: DictConfig) -> None:
         return
     choices = dict(HydraConfig.get().runtime.choices)
     summary = {
-        "metrics": {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1},
-        "choices": {key: value for key, value in choices.items() if not key.startswith("hydra/") and value is not None},
+        "metrics": {
+            key: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if value.numel() == 1
+        },
+        "choices": {
+            key: value
+            for key, value in choices.items()
+            if not key.startswith("hydra/") and value is not None
+        },
         "global_step": trainer.global_step,
         "overrides": list(HydraConfig.get().overrides.task),
     }

@@ -67,8 +67,8 @@ def load_image(path: Path, channels: int, image_size: int | None) -> Tensor:
     from torchvision.transforms import functional as TF
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")  # decodes the whole file
+        with Image.open(path) as opened:
+            image = opened.convert("L" if channels == 1 else "RGB")  # decodes the whole file
     except Exception as error:
         raise ImageReadError(f"cannot read image file {path}: {error}") from None
     if image_size is not None:

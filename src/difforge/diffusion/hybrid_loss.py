@@ -60,6 +60,7 @@ class HybridLoss(nn.Module):
         index = schedule.sigma_to_index(sigma)
         c_skip, c_out, _ = denoiser.parameterization.coefficients(sigma)
         frozen_x0 = _expand(c_skip, x) * x + _expand(c_out, x) * prediction.raw.detach().float()
+        assert prediction.variance_value is not None  # learned variance, checked above
         log_var = reverse_step_log_variance(
             schedule, index, x0, "learned", prediction.variance_value.float()
         )

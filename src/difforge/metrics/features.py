@@ -84,6 +84,8 @@ class SmallClassifier(nn.Module):
     channel, grayscale inputs of an RGB one repeated.
     """
 
+    feature_scale: Tensor  # a buffer, registered in __init__
+
     def __init__(
         self,
         channels: int = 1,

@@ -293,9 +293,11 @@ class FeatureMetrics:
             )
         self.num_features = int(num_features)
         self.kid_subset_size = int(kid_subset_size)
-        no_sync = {"sync_on_compute": False, "dist_sync_on_step": False}
         self.fid = FrechetInceptionDistance(
-            feature=FeatureInput(num_features), reset_real_features=True, **no_sync
+            feature=FeatureInput(num_features),
+            reset_real_features=True,
+            sync_on_compute=False,
+            dist_sync_on_step=False,
         )
         with warnings.catch_warnings():  # "will save all extracted features": we know
             warnings.simplefilter("ignore", UserWarning)
@@ -304,7 +306,8 @@ class FeatureMetrics:
                 subsets=kid_subsets,
                 subset_size=kid_subset_size,
                 reset_real_features=True,
-                **no_sync,
+                sync_on_compute=False,
+                dist_sync_on_step=False,
             )
 
     def __call__(self, reference: ReferenceStats, fake_features: Tensor, seed: int = 0) -> dict:

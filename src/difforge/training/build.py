@@ -46,9 +46,13 @@ def check_model_config_fits_data(model_cfg: DictConfig, data_shape: tuple[int, .
     """Image networks read ``data.channels``/``data.image_size``, vector networks ``data.dim``: a
     missing one means the model does not fit the data kind."""
     if "dim" in model_cfg and model_cfg.dim is None:
-        raise ValueError(f"model {model_cfg._target_.split('.')[-1]} is for vector data (data.dim), but the data are images of shape {data_shape}; use model=unet_tiny (or another unet)")
+        raise ValueError(
+            f"model {model_cfg._target_.split('.')[-1]} is for vector data (data.dim), but the data are images of shape {data_shape}; use model=unet_tiny (or another unet)"
+        )
     if "in_channels" in model_cfg and model_cfg.in_channels is None:
-        raise ValueError(f"model {model_cfg._target_.split('.')[-1]} is for images, but the data are vectors of shape {data_shape}; use model=mlp")
+        raise ValueError(
+            f"model {model_cfg._target_.split('.')[-1]} is for images, but the data are vectors of shape {data_shape}; use model=mlp"
+        )
 
 
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
@@ -85,8 +89,13 @@ def module_from_checkpoint(
     try:
         missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
     except RuntimeError as error:
-        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
-        raise CheckpointError(f"checkpoint {path} does not match its own model configuration: {first}") from None
+        first = next(
+            (line.strip() for line in str(error).splitlines() if "size mismatch" in line),
+            str(error).splitlines()[0],
+        )
+        raise CheckpointError(
+            f"checkpoint {path} does not match its own model configuration: {first}"
+        ) from None
     missing = [
         k for k in missing if not k.startswith(("train_loss", "val_loss", "quartile_losses"))
     ]

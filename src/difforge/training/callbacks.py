@@ -64,19 +64,18 @@ class SampleGrid(Callback):
         directory = Path(trainer.default_root_dir) / "samples"
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"step_{step:07d}.png"
-        mixture = (
-            getattr(trainer.datamodule, "mixture", None) if trainer.datamodule is not None else None
-        )  # type: ignore[attr-defined]
+        mixture = getattr(getattr(trainer, "datamodule", None), "mixture", None)
         save_samples_figure(result.samples, path, mixture, title=f"step {step}, NFE {result.nfe}")
         for logger in trainer.loggers:
             log_image = getattr(logger, "log_image", None)
+            experiment: Any = getattr(logger, "experiment", None)
             if callable(log_image):  # W&B
                 log_image(key="samples", images=[str(path)], step=step)
-            elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+            elif hasattr(experiment, "add_image"):  # TensorBoard
                 import numpy as np
                 from PIL import Image
 
-                logger.experiment.add_image(
+                experiment.add_image(
                     "samples", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC"
                 )
         return path

@@ -57,7 +57,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     through a temporary file in the system temp directory, which on another filesystem turns the
     rename into a copy.)"""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")

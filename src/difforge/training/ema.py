@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class EMA(nn.Module):
@@ -24,6 +24,7 @@ class EMA(nn.Module):
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.num_updates: Tensor
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     def current_decay(self) -> float:
@@ -35,7 +36,7 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
         weight = 1 - self.current_decay()
-        ema_params = list(self.net.parameters())
+        ema_params: list[Tensor] = list(self.net.parameters())
         params = [p.detach().to(e.dtype) for p, e in zip(net.parameters(), ema_params, strict=True)]
         torch._foreach_lerp_(ema_params, params, weight)
         for ema_buffer, buffer in zip(self.net.buffers(), net.buffers(), strict=True):

@@ -7,7 +7,8 @@ The math lives in ``difforge.diffusion``; this class only wires it to Lightning.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -111,6 +112,7 @@ class DiffusionModule(L.LightningModule):
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.quartile_losses = nn.ModuleList(MeanMetric() for _ in range(NUM_NOISE_QUARTILES))
+        self._quartile_metrics: list[MeanMetric] = list(self.quartile_losses)  # type: ignore[arg-type]
         self._train_forward = (
             torch.compile(self._loss_per_sample) if compile else self._loss_per_sample
         )
@@ -153,13 +155,12 @@ class DiffusionModule(L.LightningModule):
             .long()
             .clamp(0, NUM_NOISE_QUARTILES - 1)
         )
-        for k, metric in enumerate(self.quartile_losses):
+        for k, metric in enumerate(self._quartile_metrics):
             mask = (quartile == k).to(per_sample.dtype)
-            metric.update(
-                per_sample.detach() * mask, mask
-            )  # weight 0 where the sample is in another quartile
+            # Weight 0 where the sample is in another quartile.
+            metric.update(per_sample.detach() * mask, mask)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=False, prog_bar=True)
-        for k, metric in enumerate(self.quartile_losses):
+        for k, metric in enumerate(self._quartile_metrics):
             self.log(f"train/loss_q{k + 1}", metric, on_step=False, on_epoch=True)
         self.log(
             "train/lr",
@@ -238,7 +239,7 @@ class DiffusionModule(L.LightningModule):
             checksum = (
                 torch.stack([p.double().sum() for p in self.ema.net.parameters()]).sum().reshape(1)
             )
-            gathered = self.all_gather(checksum)
+            gathered = cast(Tensor, self.all_gather(checksum))
             if not torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=0, atol=0):
                 raise RuntimeError(
                     f"EMA weights differ between ranks: checksums {gathered.flatten().tolist()}"
@@ -246,7 +247,7 @@ class DiffusionModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Epoch-level metrics restart each epoch (and get fresh state under ddp_spawn).
-        for metric in self.quartile_losses:
+        for metric in self._quartile_metrics:
             metric.reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -265,9 +266,12 @@ class DiffusionModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(
-            self.denoiser.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay
+            self.denoiser.parameters(),
+            lr=self.lr,
+            betas=(self.betas[0], self.betas[1]),
+            weight_decay=self.weight_decay,
         )
         warmup = self.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -317,7 +321,7 @@ class DiffusionModule(L.LightningModule):
         was_training = self.training
         self.eval()
         chunks, nfe, sigmas = [], 0, torch.zeros(0)
-        starts = range(0, num_samples, batch_size)
+        starts: Iterable[int] = range(0, num_samples, batch_size)
         if progress:
             from rich.progress import track
 
