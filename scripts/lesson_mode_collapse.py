@@ -41,7 +41,8 @@ def collapse(cfg: DictConfig) -> dict:
     from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
     from difforge.diffusion.samplers import Sampler
     from difforge.lessons import blurring, efficiency, plots
-    from difforge.lessons.collapse import mode_report, train_mlp, true_on_mode_mass
+    from difforge.lessons.collapse import mode_report, train_mlp
+    from difforge.metrics.mixture import true_mode_mass
 
     torch.set_num_threads(1)
     print_config(cfg)
@@ -54,7 +55,7 @@ def collapse(cfg: DictConfig) -> dict:
     table = ["# Mode collapse: measurements\n"]
 
     for name, mixture in datasets.items():
-        truth = true_on_mode_mass(mixture, radius)
+        truth = true_mode_mass(mixture, radius, num_samples=200_000)
         reference = efficiency.reference_sample(mixture, n) if mixture.dim > 1 else None
         oracle = GaussianMixtureOracle(mixture)
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 def load_runs(sweep_dir: Path) -> list[dict]:
     runs = []
-    for path in sorted(sweep_dir.glob("*/final_metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+    for path in sorted(
+        sweep_dir.glob("*/final_metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)
+    ):
         summary = json.loads(path.read_text())
         runs.append({"job": path.parent.name, **summary})
     return runs
@@ -54,7 +56,12 @@ def plot(runs: list[dict], metric: str, path: Path) -> None:
     for j, model in enumerate(models):
         heights = []
         for schedule in schedules:
-            values = [r["metrics"].get(metric) for r in runs if r["choices"].get("schedule", "?") == schedule and r["choices"].get("model", "?") == model]
+            values = [
+                r["metrics"].get(metric)
+                for r in runs
+                if r["choices"].get("schedule", "?") == schedule
+                and r["choices"].get("model", "?") == model
+            ]
             values = [v for v in values if v is not None]
             heights.append(sum(values) / len(values) if values else float("nan"))
         ax.bar([i + j * width for i in range(len(schedules))], heights, width, label=model)
@@ -70,16 +77,23 @@ def plot(runs: list[dict], metric: str, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--metric", default="val/loss", help="the metric to plot (default val/loss)")
+    parser.add_argument(
+        "--metric", default="val/loss", help="the metric to plot (default val/loss)"
+    )
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"error: sweep directory {args.sweep_dir} does not exist", file=sys.stderr)
         return 1
     runs = load_runs(args.sweep_dir)
     if not runs:
-        print(f"error: no */final_metrics.json under {args.sweep_dir} (is it a train.py -m sweep directory?)", file=sys.stderr)
+        print(
+            f"error: no */final_metrics.json under {args.sweep_dir} (is it a train.py -m sweep directory?)",
+            file=sys.stderr,
+        )
         return 1
-    metrics = sorted({m for run in runs for m in run["metrics"] if m.startswith(("val/", "train/loss"))})
+    metrics = sorted(
+        {m for run in runs for m in run["metrics"] if m.startswith(("val/", "train/loss"))}
+    )
     table = markdown_table(runs, varying_choices(runs), metrics)
     print(table)
     (args.sweep_dir / "summary.md").write_text(table + "\n")
@@ -87,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.writer(file)
         writer.writerow(["job", *varying_choices(runs), *metrics])
         for run in runs:
-            writer.writerow([run["job"], *(run["choices"].get(a) for a in varying_choices(runs)), *(run["metrics"].get(m) for m in metrics)])
+            writer.writerow(
+                [
+                    run["job"],
+                    *(run["choices"].get(a) for a in varying_choices(runs)),
+                    *(run["metrics"].get(m) for m in metrics),
+                ]
+            )
     plot(runs, args.metric, args.sweep_dir / "summary.png")
     return 0
 

@@ -45,7 +45,9 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path, trained_checkpoint):
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(
+    tmp_path, trained_checkpoint
+):
     marker = tmp_path / "pwned"
     checkpoint = torch.load(trained_checkpoint, weights_only=True)
     checkpoint["payload"] = _RunsCodeWhenUnpickled(marker)
@@ -70,7 +72,9 @@ def test_a_plain_pickle_payload_file_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.9, 0.999])
-def test_truncated_checkpoints_are_refused_with_the_file_named(tmp_path, trained_checkpoint, fraction):
+def test_truncated_checkpoints_are_refused_with_the_file_named(
+    tmp_path, trained_checkpoint, fraction
+):
     data = trained_checkpoint.read_bytes()
     truncated = tmp_path / f"cut_{fraction}.ckpt"
     truncated.write_bytes(data[: int(len(data) * fraction)])
@@ -81,7 +85,11 @@ def test_truncated_checkpoints_are_refused_with_the_file_named(tmp_path, trained
 def test_truncated_checkpoint_given_to_the_cli_is_one_line(tmp_path, trained_checkpoint):
     truncated = tmp_path / "cut.ckpt"
     truncated.write_bytes(trained_checkpoint.read_bytes()[:5000])
-    assert_clean_error(run_cli("sample", f"ckpt_path={truncated}", f"hydra.run.dir={tmp_path / 's'}"), str(truncated), "corrupt or truncated")
+    assert_clean_error(
+        run_cli("sample", f"ckpt_path={truncated}", f"hydra.run.dir={tmp_path / 's'}"),
+        str(truncated),
+        "corrupt or truncated",
+    )
 
 
 def test_foreign_checkpoints_are_refused(tmp_path):

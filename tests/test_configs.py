@@ -37,7 +37,13 @@ def test_every_experiment_composes(experiment):
     instantiate(cfg.sampler)
 
 
-IMAGE_DATA = {"digits": (1, 8), "mnist": (1, 32), "fashion_mnist": (1, 32), "cifar10": (3, 32), "image_folder": (3, 64)}
+IMAGE_DATA = {
+    "digits": (1, 8),
+    "mnist": (1, 32),
+    "fashion_mnist": (1, 32),
+    "cifar10": (3, 32),
+    "image_folder": (3, 64),
+}
 FITTING_MODELS = {
     "digits": ["unet_tiny", "unet_small"],
     "mnist": ["unet_small", "unet_base"],
@@ -47,7 +53,9 @@ FITTING_MODELS = {
 }
 
 
-@pytest.mark.parametrize("data,model", [(d, m) for d, models in FITTING_MODELS.items() for m in models])
+@pytest.mark.parametrize(
+    "data,model", [(d, m) for d, models in FITTING_MODELS.items() for m in models]
+)
 def test_image_data_and_model_presets_build_a_module(data, model):
     channels, size = IMAGE_DATA[data]
     cfg = compose_train(f"data={data}", f"model={model}")
@@ -76,11 +84,19 @@ def test_schedule_parameterization_loss_sampler_combinations(schedule, parameter
     for loss in options("loss"):
         if loss == "hybrid" and schedule == "edm":
             continue  # refused with a clear message (test_cli)
-        cfg = compose_train("data=gmm1d", "model=mlp", f"schedule={schedule}", f"parameterization={parameterization}", f"loss={loss}")
+        cfg = compose_train(
+            "data=gmm1d",
+            "model=mlp",
+            f"schedule={schedule}",
+            f"parameterization={parameterization}",
+            f"loss={loss}",
+        )
         module = build_module(cfg, (1,))
         x0 = torch.randn(8, 1)
         sigma = module.schedule.sample_training_sigmas(8)
-        assert torch.isfinite(module.loss_fn(module.denoiser, x0, sigma, torch.randn_like(x0))).all()
+        assert torch.isfinite(
+            module.loss_fn(module.denoiser, x0, sigma, torch.randn_like(x0))
+        ).all()
         for sampler_name in options("sampler"):
             sampler_cfg = OmegaConf.load(CONFIGS / "sampler" / f"{sampler_name}.yaml")
             sampler: Sampler = instantiate(sampler_cfg, steps=2)
@@ -94,7 +110,12 @@ def test_slurm_launcher_config_composes_with_ddp_settings():
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=["hydra/launcher=slurm_ddp", "trainer=ddp_multinode", "trainer.devices=4", "trainer.num_nodes=2"],
+            overrides=[
+                "hydra/launcher=slurm_ddp",
+                "trainer=ddp_multinode",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+            ],
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher

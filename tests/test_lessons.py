@@ -19,7 +19,8 @@ from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixture
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import CosineSchedule, LinearSchedule, SigmoidSchedule
 from difforge.lessons import blurring, efficiency, plots
-from difforge.lessons.collapse import mode_report, on_mode_mass, train_mlp
+from difforge.lessons.collapse import mode_report, train_mlp
+from difforge.metrics.mixture import mode_mass
 from difforge.lessons.trajectories import crossings, record_trajectories
 
 torch.set_num_threads(1)
@@ -124,7 +125,7 @@ def test_mode_report(gmm1d: GaussianMixture) -> None:
     collapsed = torch.full((1000, 1), 0.3, dtype=torch.float64)  # one-step sampling: the mean
     assert mode_report(collapsed, gmm1d)["modes_covered"] == 1
     far = torch.full((1000, 1), 6.0, dtype=torch.float64)  # 6 stds beyond the last peak
-    assert on_mode_mass(far, gmm1d).sum() == 0
+    assert mode_mass(far, gmm1d).sum() == 0
     assert mode_report(far, gmm1d)["off_mode"] == 1
 
 

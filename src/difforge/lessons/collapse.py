@@ -1,12 +1,8 @@
 """Mode collapse, measured: how much of each mode a sampler's output covers, and a tiny trainer.
 
-``mode_report`` assigns each sample to its most probable component (the Bayes classifier of the
-true law, as ``difforge.metrics.mixture``) and counts it *on* that mode only when it lies within
-``radius`` standard deviations of the component's mean (whitened distance). The on-mode mass of
-each component is compared with the same quantity for exact samples; a mode is covered when it
-receives at least half of its true on-mode mass. Samples far from every mode (between the peaks,
-or all piled on the data mean) count as off-mode: plain Bayes assignment would hand them to
-some mode and hide the collapse.
+``mode_report`` compares the on-mode mass of each component (``difforge.metrics.mixture.mode_mass``:
+assigned to it and within ``radius`` of its standard deviations) with the same quantity for exact
+samples; a mode is covered when it receives at least half of its true on-mode mass.
 
 ``train_mlp`` fits ``difforge.nets.mlp.MLPDenoiser`` by denoising score matching in a plain loop
 (no Lightning): seconds on a CPU for the toy mixtures.
@@ -23,27 +19,8 @@ from difforge.diffusion.gaussian_mixture import GaussianMixture
 from difforge.diffusion.losses import DenoisingLoss
 from difforge.diffusion.parameterization import Denoiser, EpsParameterization
 from difforge.diffusion.schedules import NoiseSchedule
-from difforge.metrics.mixture import mode_assignments
+from difforge.metrics.mixture import mode_mass, true_mode_mass
 from difforge.nets.mlp import MLPDenoiser
-
-
-def on_mode_mass(samples: Tensor, mixture: GaussianMixture, radius: float = 3.0) -> Tensor:
-    """Share of ``samples: (N, D)`` that is assigned to component k and within ``radius`` of its
-    standard deviations of its mean: ``(K,)`` float64 (sums to at most 1)."""
-    x = samples.reshape(samples.shape[0], -1).to(torch.float64)
-    k = mode_assignments(x, mixture)
-    distance = ((x - mixture.means[k]) / mixture.stds[k]).norm(dim=1)
-    on = distance <= radius
-    counts = torch.bincount(k[on], minlength=mixture.num_components)
-    return counts.to(torch.float64) / x.shape[0]
-
-
-def true_on_mode_mass(
-    mixture: GaussianMixture, radius: float = 3.0, num_samples: int = 200_000, seed: int = 0
-) -> Tensor:
-    """``on_mode_mass`` of exact samples: what a perfect sampler gets."""
-    x, _ = mixture.sample(num_samples, torch.Generator().manual_seed(seed))
-    return on_mode_mass(x, mixture, radius)
 
 
 def mode_report(
@@ -56,8 +33,8 @@ def mode_report(
     """``modes_covered`` (modes with at least ``coverage_threshold`` of their true on-mode mass),
     ``off_mode`` (share of samples on no mode), ``mass`` and ``true_mass`` (per mode, lists) and
     ``max_mass_error``."""
-    truth = true_on_mode_mass(mixture, radius) if truth is None else truth
-    mass = on_mode_mass(samples, mixture, radius)
+    truth = true_mode_mass(mixture, radius, num_samples=200_000) if truth is None else truth
+    mass = mode_mass(samples, mixture, radius)
     covered = mass >= coverage_threshold * truth
     return {
         "modes_covered": int(covered.sum()),

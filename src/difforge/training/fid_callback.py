@@ -26,7 +26,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -36,6 +36,9 @@ from torch import Tensor, nn
 
 from difforge.diffusion.samplers import Sampler
 from difforge.errors import DifforgeError
+
+if TYPE_CHECKING:
+    from difforge.metrics.images import FeatureMetrics, ReferenceStats
 
 log = logging.getLogger("difforge")
 
@@ -153,8 +156,8 @@ class FIDCallback(Callback):
         )
         self.feature: nn.Module | None = None
         self.classifier: nn.Module | None = None
-        self.reference: Any = None
-        self.metrics: Any = None
+        self.reference: ReferenceStats | None = None
+        self.metrics: FeatureMetrics | None = None
         self.last_step: int | None = None
         self.last_metrics: dict[str, float] = {}
 
@@ -204,10 +207,15 @@ class FIDCallback(Callback):
         if self.classifier is not None:
             self.classifier.to(device)
         if self.reference is None:
-            options = {"cache_dir": self.cache_dir, "batch_size": self.batch_size, "device": device}
             if trainer.is_global_zero:
                 self.reference = reference_stats(
-                    datamodule, self.feature, self.reference_split, self.num_reference, **options
+                    datamodule,
+                    self.feature,
+                    self.reference_split,
+                    self.num_reference,
+                    cache_dir=self.cache_dir,
+                    batch_size=self.batch_size,
+                    device=device,
                 )
             trainer.strategy.barrier("fid_reference")
             if not trainer.is_global_zero:
@@ -216,9 +224,12 @@ class FIDCallback(Callback):
                     self.feature,
                     self.reference_split,
                     self.num_reference,
+                    cache_dir=self.cache_dir,
+                    batch_size=self.batch_size,
+                    device=device,
                     write=False,
-                    **options,
                 )
+            assert self.reference is not None  # one of the two branches ran
             num_features = self.reference.num_features
             self.metrics = FeatureMetrics(num_features, self.kid_subset_size, self.kid_subsets)
 
@@ -263,6 +274,12 @@ class FIDCallback(Callback):
 
         self._prepare(trainer, pl_module)
         assert self.feature is not None and self.metrics is not None
+        assert self.reference is not None
+
+        def all_gather(tensor: Tensor) -> Tensor:
+            # LightningModule.all_gather is typed for tensor collections; a tensor gives a tensor
+            return cast(Tensor, pl_module.all_gather(tensor))
+
         rank, world = trainer.global_rank, trainer.world_size
         start, count = rank_slice(self.num_samples, rank, world)
         local_features = torch.zeros(0, self.reference.num_features, device=pl_module.device)
@@ -289,14 +306,14 @@ class FIDCallback(Callback):
                 local_counts = torch.bincount(predictions, minlength=num_classes)
         if num_classes and local_counts is None:
             local_counts = torch.zeros(num_classes, dtype=torch.long)
-        features = gather_rows(local_features, self.num_samples, world, pl_module.all_gather)
+        features = gather_rows(local_features, self.num_samples, world, all_gather)
         result = self.metrics(self.reference, features.cpu(), seed=self.seed)
         metrics = {"fid": result["fid"], "kid": result["kid_mean"], "kid_std": result["kid_std"]}
         if num_classes:
             assert local_counts is not None
             counts = local_counts.to(pl_module.device)
             if world > 1:
-                counts = pl_module.all_gather(counts).reshape(world, num_classes).sum(0)
+                counts = all_gather(counts).reshape(world, num_classes).sum(0)
             predicted = torch.arange(num_classes).repeat_interleave(counts.cpu())
             metrics["class_coverage"] = coverage_metrics(predicted, num_classes)["class_coverage"]
         self.last_metrics = metrics
