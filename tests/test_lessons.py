@@ -20,8 +20,8 @@ from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import CosineSchedule, LinearSchedule, SigmoidSchedule
 from difforge.lessons import blurring, efficiency, plots
 from difforge.lessons.collapse import mode_report, train_mlp
-from difforge.metrics.mixture import mode_mass
 from difforge.lessons.trajectories import crossings, record_trajectories
+from difforge.metrics.mixture import mode_mass
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
