@@ -192,7 +192,6 @@ def train_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str,
     }
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del optimizer
     return result
 
 
@@ -267,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="tiny preset, batch 4, 2 steps, no compile: seconds"
     )
     parser.add_argument("--json", type=Path, default=None)
-    parser.set_defaults(channels_last=True)
+    parser.set_defaults(channels_last=True, compile=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.batch, args.steps, args.repeats, args.warmup = "tiny", 4, 2, 1, 1
@@ -277,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile is None:
         args.compile = True
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # a dry run; one thread keeps it steady on a shared machine
     if device.type == "cuda":
         if not torch.cuda.is_available():
             print("error: no CUDA device (use --device cpu --quick for a dry run)", file=sys.stderr)
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| first step (incl. compile) s | {train['first_step_s (incl. compile)']:.2f} |")
     print(f"| step s (median of {args.repeats} x {args.steps}) | {train['step_s_median']:.4f} |")
     print(f"| images/s | {train['images_per_s']:.1f} |")
-    print(f"| model TFLOPs per step (fwd+bwd) | {train['flops_per_step'] / 1e12:.3f} |")
+    print(f"| model GFLOPs per step (fwd+bwd) | {train['flops_per_step'] / 1e9:.1f} |")
     print(f"| achieved TFLOP/s | {train['achieved_tflops']:.2f} |")
     print(f"| MFU (peak {args.peak_tflops:g} TFLOP/s) | {train['mfu']:.1%} |")
     if "peak_memory_gib" in train:

@@ -56,17 +56,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import LinearSchedule
-from difforge.metrics.mixture import (
-    mode_mass,
-    sliced_wasserstein1,
-    true_mode_mass,
-    wasserstein1_1d,
-)
+from difforge.metrics.mixture import mode_mass, true_mode_mass, wasserstein1_1d
 
 FAMILIES = ("ddpm", "ddim", "euler", "heun", "dpmpp_2m")
 DIFFUSERS_NAMES = {
@@ -106,6 +102,7 @@ DIFFUSERS_CONFIGS: dict[str, list[dict[str, Any]]] = {
         {"timestep_spacing": "linspace", "use_karras_sigmas": True},
     ],
 }
+SLICED_DIRECTIONS = 256
 # Heun steps for the "ODE limit" reference (2 * steps - 1 NFE, float64).
 ODE_LIMIT_STEPS = 200
 DIFFORGE_GRIDS = {
@@ -132,23 +129,38 @@ def steps_for(family: str, nfe: int) -> int:
 
 
 class Metrics:
-    """W1 and mode-mass error against one mixture, with its cached reference quantities."""
+    """W1 and mode-mass error against one mixture, with its cached reference quantities.
+
+    In 2-D the sliced W1 is ``difforge.metrics.mixture.sliced_wasserstein1(samples, reference,
+    256, seed=0)`` (same directions, same formula; tested equal), with the reference's sorted
+    projections cached and the projections sorted along contiguous rows (several times faster).
+    """
 
     def __init__(self, mixture: GaussianMixture, n: int, reference_seed: int = 10_000) -> None:
         self.mixture = mixture
         self.true_mass = true_mode_mass(mixture, num_samples=1_000_000, seed=0)
-        self.reference = None
+        self.directions = self.reference_sorted = None
         if mixture.dim > 1:
-            self.reference, _ = mixture.sample(n, torch.Generator().manual_seed(reference_seed))
+            reference, _ = mixture.sample(n, torch.Generator().manual_seed(reference_seed))
+            generator = torch.Generator().manual_seed(0)
+            directions = torch.randn(
+                mixture.dim, SLICED_DIRECTIONS, generator=generator, dtype=torch.float64
+            )
+            self.directions = directions / directions.norm(dim=0, keepdim=True)
+            self.reference_sorted = self._sorted_projections(reference)
+
+    def _sorted_projections(self, x: torch.Tensor) -> torch.Tensor:
+        projections = (x.to(torch.float64) @ self.directions).T.contiguous()
+        return torch.from_numpy(np.sort(projections.numpy(), axis=1))  # 2x torch's CPU sort
 
     def __call__(self, samples: torch.Tensor) -> dict[str, float]:
         samples = samples.reshape(samples.shape[0], -1).to(torch.float64)
         if not torch.isfinite(samples).all():
             return {"w1": math.inf, "mass_err": math.inf}
-        if self.reference is None:
+        if self.reference_sorted is None:
             w1 = wasserstein1_1d(samples, self.mixture)
         else:
-            w1 = sliced_wasserstein1(samples, self.reference, num_projections=256, seed=0)
+            w1 = float((self._sorted_projections(samples) - self.reference_sorted).abs().mean())
         mass_err = float((mode_mass(samples, self.mixture) - self.true_mass).abs().max())
         return {"w1": w1, "mass_err": mass_err}
 

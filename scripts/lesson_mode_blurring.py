@@ -30,17 +30,13 @@ def blurring(cfg: DictConfig) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from difforge.cli.common import print_config
     from difforge.diffusion.forward import q_sample
     from difforge.lessons import blurring as lesson
     from difforge.lessons import plots
+    from difforge.lessons.script import config_mixture
 
-    torch.set_num_threads(1)
-    print_config(cfg)
     out = Path(cfg.out_dir)
-    mixture = instantiate(cfg.data).mixture
-    if mixture.dim != 1:
-        raise ValueError(f"data must be a 1-D mixture (gmm1d), got dimension {mixture.dim}")
+    mixture = config_mixture(cfg, "data", dim=1)
     schedules = {name: lesson.check_discrete(instantiate(c)) for name, c in cfg.schedules.items()}
     sigma_star = lesson.critical_sigma(mixture, 1, cfg.grid_points)
     summary: dict = {"critical_sigma": sigma_star, "schedules": {}}
@@ -108,9 +104,7 @@ def blurring(cfg: DictConfig) -> dict:
     plots.plot_mode_counts(curves, sigma_star, out / "mode_blurring_counts.png")
 
     # A 2-D mixture: density images at a few t.
-    mixture2d = instantiate(cfg.data2d).mixture
-    if mixture2d.dim != 2:
-        raise ValueError(f"data2d must be a 2-D mixture (gmm2d), got dimension {mixture2d.dim}")
+    mixture2d = config_mixture(cfg, "data2d", dim=2)
     bounds = lesson.extent(mixture2d, 1.0, margin=4.0).tolist()
     shortest = min(schedule.num_timesteps for schedule in schedules.values())
     ts = [int(t) for t in cfg.image_timesteps if int(t) <= shortest]
@@ -152,9 +146,9 @@ def mixture_label(mixture) -> str:
 
 @hydra.main(version_base="1.3", config_path="../configs/lessons", config_name="mode_blurring")
 def main(cfg: DictConfig) -> None:
-    from difforge.cli.common import run_command
+    from difforge.lessons.script import run_lesson
 
-    run_command(blurring, cfg)
+    run_lesson(blurring, cfg)
 
 
 if __name__ == "__main__":

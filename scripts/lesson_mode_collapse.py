@@ -37,19 +37,17 @@ def collapse(cfg: DictConfig) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from difforge.cli.common import print_config
     from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
     from difforge.diffusion.samplers import Sampler
     from difforge.lessons import blurring, efficiency, plots
     from difforge.lessons.collapse import mode_report, train_mlp
+    from difforge.lessons.script import config_mixture
     from difforge.metrics.mixture import true_mode_mass
 
-    torch.set_num_threads(1)
-    print_config(cfg)
     out = Path(cfg.out_dir)
     n, seed, radius = int(cfg.num_samples), int(cfg.seed), float(cfg.radius)
     schedule = instantiate(cfg.schedule)
-    datasets = {"gmm1d": instantiate(cfg.data).mixture, "gmm2d": instantiate(cfg.data2d).mixture}
+    datasets = {"gmm1d": config_mixture(cfg, "data"), "gmm2d": config_mixture(cfg, "data2d")}
     results: dict = {name: {} for name in datasets}
     rows: dict = {}
     table = ["# Mode collapse: measurements\n"]
@@ -230,9 +228,9 @@ def markdown(name: str, results: dict, truth) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../configs/lessons", config_name="mode_collapse")
 def main(cfg: DictConfig) -> None:
-    from difforge.cli.common import run_command
+    from difforge.lessons.script import run_lesson
 
-    run_command(collapse, cfg)
+    run_lesson(collapse, cfg)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -80,21 +81,15 @@ def reverse_flow(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
-    from difforge.cli.common import print_config
     from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
     from difforge.lessons import blurring, plots
+    from difforge.lessons.script import config_mixture
     from difforge.lessons.trajectories import crossings, record_trajectories
     from difforge.metrics.mixture import mixture_metrics, mode_assignments
     from difforge.training.build import module_from_checkpoint
 
-    torch.set_num_threads(1)
-    print_config(cfg)
     out = Path(cfg.out_dir)
-    mixture = instantiate(cfg.data).mixture
-    if mixture.dim != 1:
-        raise ValueError(
-            f"this lesson draws 1-D paths: data must be a 1-D mixture, got dim {mixture.dim}"
-        )
+    mixture = config_mixture(cfg, "data", dim=1)  # the lesson draws 1-D paths
     samplers = {"stochastic": instantiate(cfg.stochastic), "ode": instantiate(cfg.ode)}
 
     ckpt_path = cfg.ckpt_path
@@ -103,9 +98,10 @@ def reverse_flow(cfg: DictConfig) -> dict:
     module, train_cfg = module_from_checkpoint(ckpt_path)
     if "weights" not in train_cfg.data or module.data_shape != (1,):
         raise ValueError(f"{ckpt_path} was not trained on a 1-D Gaussian mixture")
-    mlp_mixture = GaussianMixture(
-        *(OmegaConf.to_container(train_cfg.data[k]) for k in ("weights", "means", "stds"))
-    )
+    trained_law: list[Any] = [
+        OmegaConf.to_container(train_cfg.data[k]) for k in ("weights", "means", "stds")
+    ]
+    mlp_mixture = GaussianMixture(*trained_law)
     models = {
         "exact oracle": (
             GaussianMixtureOracle(mixture),
@@ -116,7 +112,9 @@ def reverse_flow(cfg: DictConfig) -> dict:
         "trained MLP": (module.sampling_denoiser(), module.schedule, mlp_mixture, torch.float32),
     }
 
-    rows, background, summary = {}, {}, {"ckpt_path": str(ckpt_path), "panels": {}}
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    background: dict[str, dict[str, Any]] = {}
+    summary: dict[str, Any] = {"ckpt_path": str(ckpt_path), "panels": {}}
     for model_name, (denoiser, schedule, law, dtype) in models.items():
         schedule = blurring.check_discrete(schedule)
         x_grid = blurring.grid_1d(law, 1.0, 400, margin=4.0)
@@ -174,9 +172,9 @@ def reverse_flow(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../configs/lessons", config_name="reverse_flow")
 def main(cfg: DictConfig) -> None:
-    from difforge.cli.common import run_command
+    from difforge.lessons.script import run_lesson
 
-    run_command(reverse_flow, cfg)
+    run_lesson(reverse_flow, cfg)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -39,27 +40,22 @@ def show(record: dict) -> None:
 
 
 def sweep(cfg: DictConfig) -> dict:
-    import torch
     from hydra.utils import instantiate
 
-    from difforge.cli.common import print_config
     from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
     from difforge.lessons import efficiency, plots
+    from difforge.lessons.script import config_mixture
 
-    torch.set_num_threads(1)
-    print_config(cfg)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     schedule = instantiate(cfg.schedule)
     algorithms = list(cfg.algorithms)
-    options = OmegaConf.to_container(cfg.options) or {}
+    options = cast(dict[str, dict[str, Any]], OmegaConf.to_container(cfg.options) or {})
     steps = [int(s) for s in cfg.steps]
     if getattr(schedule, "is_discrete", False):
         steps = [s for s in steps if s <= schedule.num_timesteps]
 
-    mixture = instantiate(cfg.data).mixture
-    if mixture.dim != 1:
-        raise ValueError(f"data must be a 1-D mixture (gmm1d), got dimension {mixture.dim}")
+    mixture = config_mixture(cfg, "data", dim=1)
     oracle = GaussianMixtureOracle(mixture)
     n = int(cfg.num_samples)
     floor = efficiency.statistical_floor(mixture, n, int(cfg.floor_repeats))
@@ -170,7 +166,7 @@ def sweep(cfg: DictConfig) -> dict:
     ]
 
     if cfg.sweep2d.enabled:
-        mixture2d = instantiate(cfg.data2d).mixture
+        mixture2d = config_mixture(cfg, "data2d")
         n2 = int(cfg.sweep2d.num_samples)
         reference = efficiency.reference_sample(mixture2d, n2)
         floor2d = efficiency.statistical_floor(mixture2d, n2, int(cfg.floor_repeats), reference)
@@ -275,9 +271,9 @@ def image_sweep(cfg: DictConfig, algorithms: list[str], out: Path) -> tuple[list
 
 @hydra.main(version_base="1.3", config_path="../configs/lessons", config_name="nfe_sweep")
 def main(cfg: DictConfig) -> None:
-    from difforge.cli.common import run_command
+    from difforge.lessons.script import run_lesson
 
-    run_command(sweep, cfg)
+    run_lesson(sweep, cfg)
 
 
 if __name__ == "__main__":

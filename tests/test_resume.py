@@ -29,8 +29,12 @@ DETERMINISTIC = (
 )
 
 
+def last_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
 def final_state(run_dir: Path) -> dict:
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint = last_checkpoint(run_dir)
     assert checkpoint["global_step"] == TOTAL_STEPS
     return checkpoint
 
@@ -45,113 +49,82 @@ def assert_same_training_state(a: dict, b: dict) -> None:
             assert torch.equal(state_a[index][name], state_b[index][name]), (index, name)
 
 
+def training_overrides(run_dir: Path, max_steps: int, *extra: str) -> tuple[str, ...]:
+    return (*DETERMINISTIC, f"trainer.max_steps={max_steps}", *extra, f"hydra.run.dir={run_dir}")
+
+
+def train(run_dir: Path, max_steps: int, *extra: str) -> None:
+    assert_ok(run_cli("train", *training_overrides(run_dir, max_steps, *extra)))
+
+
+def resume_to_the_end(run_dir: Path, straight_run: dict) -> None:
+    """Resume the run in ``run_dir`` to ``TOTAL_STEPS``: it ends as the straight run did."""
+    train(run_dir, TOTAL_STEPS, "ckpt_path=last")
+    assert_same_training_state(final_state(run_dir), straight_run)
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("straight")
-    assert_ok(
-        run_cli(
-            "train", *DETERMINISTIC, f"trainer.max_steps={TOTAL_STEPS}", f"hydra.run.dir={run_dir}"
-        )
-    )
+    train(run_dir, TOTAL_STEPS)
     return final_state(run_dir)
 
 
 def test_deterministic_runs_are_bitwise_identical(straight_run, tmp_path):
-    assert_ok(
-        run_cli(
-            "train", *DETERMINISTIC, f"trainer.max_steps={TOTAL_STEPS}", f"hydra.run.dir={tmp_path}"
-        )
-    )
+    train(tmp_path, TOTAL_STEPS)
     assert_same_training_state(final_state(tmp_path), straight_run)
 
 
 def test_stopped_and_resumed_equals_straight_through(straight_run, tmp_path):
-    assert_ok(run_cli("train", *DETERMINISTIC, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"))
-    assert_ok(
-        run_cli(
-            "train",
-            *DETERMINISTIC,
-            f"trainer.max_steps={TOTAL_STEPS}",
-            "ckpt_path=last",
-            f"hydra.run.dir={tmp_path}",
-        )
-    )
-    assert_same_training_state(final_state(tmp_path), straight_run)
+    train(tmp_path, 6)
+    resume_to_the_end(tmp_path, straight_run)
 
 
-def _start_training(run_dir: Path, max_steps: int) -> subprocess.Popen:
+def start_training_until_a_checkpoint(run_dir: Path, timeout: float = 120) -> subprocess.Popen:
+    """A long run in a subprocess (output in ``stdout``), returned once it has saved
+    ``last.ckpt``."""
     environment = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "WANDB_MODE": "offline",
         "OMP_NUM_THREADS": "1",
     }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "src" / "train.py"),
-            *DETERMINISTIC,
-            f"trainer.max_steps={max_steps}",
-            f"hydra.run.dir={run_dir}",
-        ],
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "src" / "train.py"), *training_overrides(run_dir, 10_000)],
         cwd=ROOT,
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def _wait_for_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not path.is_file():
+    while not (run_dir / "checkpoints" / "last.ckpt").is_file():
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.05)
+    return process
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_straight_through(straight_run, tmp_path):
     """SIGKILL gives no chance to save: the run resumes from its last periodic checkpoint."""
-    process = _start_training(tmp_path, 10_000)
-    _wait_for_checkpoint(process, tmp_path / "checkpoints" / "last.ckpt")
+    process = start_training_until_a_checkpoint(tmp_path)
     time.sleep(0.5)
     process.kill()
     process.wait()
-    killed_at = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    killed_at = last_checkpoint(tmp_path)["global_step"]
     assert 0 < killed_at < TOTAL_STEPS and killed_at % 4 == 0
-    assert_ok(
-        run_cli(
-            "train",
-            *DETERMINISTIC,
-            f"trainer.max_steps={TOTAL_STEPS}",
-            "ckpt_path=last",
-            f"hydra.run.dir={tmp_path}",
-        )
-    )
-    assert_same_training_state(final_state(tmp_path), straight_run)
+    resume_to_the_end(tmp_path, straight_run)
 
 
 @pytest.mark.slow
 def test_sigterm_saves_and_stops_cleanly_then_resumes(straight_run, tmp_path):
-    process = _start_training(tmp_path, 10_000)
-    _wait_for_checkpoint(process, tmp_path / "checkpoints" / "last.ckpt")
+    process = start_training_until_a_checkpoint(tmp_path)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-3000:]
     assert "stopped by SIGTERM" in output
-    stopped_at = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)[
-        "global_step"
-    ]
+    stopped_at = last_checkpoint(tmp_path)["global_step"]
     assert stopped_at >= 4
     if stopped_at < TOTAL_STEPS:
-        assert_ok(
-            run_cli(
-                "train",
-                *DETERMINISTIC,
-                f"trainer.max_steps={TOTAL_STEPS}",
-                "ckpt_path=last",
-                f"hydra.run.dir={tmp_path}",
-            )
-        )
-        assert_same_training_state(final_state(tmp_path), straight_run)
+        resume_to_the_end(tmp_path, straight_run)

@@ -84,8 +84,13 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
 
 
 def check_num_classes(value: Any, native: int, dataset: str) -> int:
-    """Labelled data accept their number of classes, or 0 to drop the labels (``y`` all zero)."""
+    """Labelled data accept their number of classes, or 0 to drop the labels (``y`` all zero);
+    unlabelled data (``native`` 0) accept 0 only."""
     if value not in (native, 0) or isinstance(value, bool):
+        if not native:
+            raise DataConfigError(
+                f"{dataset} is unlabelled: data.num_classes must be 0, got {value!r}"
+            )
         raise DataConfigError(
             f"{dataset} has {native} classes: data.num_classes must be {native} "
             f"(class labels) or 0 (unlabelled), got {value!r}"
@@ -257,11 +262,18 @@ class DiffusionDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes (0: load in the main process).
         pin_memory: pin host memory for faster GPU transfer.
         seed: seed of the train/val/test split and of generated data.
+        num_classes: classes of the labels, 0 for unlabelled data (``y`` all zero); where the
+            class sets ``native_num_classes``, that number or 0.
         repeat: the train split is seen ``repeat`` times per epoch (tiny datasets).
         random_flip: random horizontal flip of train images.
     """
 
     kind: ClassVar[str]
+    # The dataset's name in messages (set with ``native_num_classes``).
+    dataset_name: ClassVar[str]
+    # The fixed number of classes of a dataset (0: unlabelled), checked against ``num_classes``;
+    # None where it depends on the options (a mixture's components, a folder's subfolders).
+    native_num_classes: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -270,6 +282,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         *,
+        num_classes: int,
         repeat: int = 1,
         random_flip: bool = False,
     ) -> None:
@@ -278,6 +291,9 @@ class DiffusionDataModule(pl.LightningDataModule):
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
         self.pin_memory = bool(pin_memory)
         self.seed = check_int("seed", seed, minimum=0)
+        self._num_classes = check_int("num_classes", num_classes, minimum=0)
+        if self.native_num_classes is not None:
+            check_num_classes(self._num_classes, self.native_num_classes, self.dataset_name)
         self.repeat = check_int("repeat", repeat)
         self.random_flip = bool(random_flip)
         self._splits: dict[str, Dataset] | None = None
@@ -295,7 +311,7 @@ class DiffusionDataModule(pl.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        raise NotImplementedError
+        return self._num_classes
 
     # ----- Lightning hooks
     def setup(self, stage: str | None = None) -> None:
@@ -390,18 +406,19 @@ class ImageDataModule(DiffusionDataModule):
         random_flip: bool = False,
     ) -> None:
         super().__init__(
-            batch_size, num_workers, pin_memory, seed, repeat=repeat, random_flip=random_flip
+            batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            num_classes=num_classes,
+            repeat=repeat,
+            random_flip=random_flip,
         )
         self.channels = check_choice("channels", channels, (1, 3))
         self.image_size = None if image_size is None else check_int("image_size", image_size)
-        self._num_classes = check_int("num_classes", num_classes, minimum=0)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
         if self.image_size is None:
             raise DataConfigError("data.image_size is not set")
         return (self.channels, self.image_size, self.image_size)
-
-    @property
-    def num_classes(self) -> int:
-        return self._num_classes

@@ -20,7 +20,6 @@ from difforge.data.base import (
     DataConfigError,
     ImageDataModule,
     check_fractions,
-    check_num_classes,
     resize_images,
     split_indices,
 )
@@ -38,6 +37,9 @@ class DigitsDataModule(ImageDataModule):
         repeat: passes over the train split per epoch.
         random_flip: random horizontal flip (off by default: flipped digits are not digits).
     """
+
+    dataset_name = "digits"
+    native_num_classes = 10
 
     def __init__(
         self,
@@ -64,7 +66,7 @@ class DigitsDataModule(ImageDataModule):
             seed,
             channels=channels,
             image_size=8 if image_size is None else image_size,
-            num_classes=check_num_classes(num_classes, 10, "digits"),
+            num_classes=num_classes,
             repeat=repeat,
             random_flip=random_flip,
         )

@@ -37,14 +37,14 @@ from difforge.data.base import (
     ImageDataModule,
     check_choice,
     check_int,
-    check_num_classes,
     resize_images,
     split_indices,
 )
 
 
 class TorchvisionDataModule(ImageDataModule):
-    """Shared logic of the torchvision datasets; subclasses set the class attributes.
+    """Shared logic of the torchvision datasets; subclasses set the class attributes
+    (``dataset_name``: the class ``torchvision.datasets.<dataset_name>`` that reads the files).
 
     Args:
         root: folder holding the dataset (torchvision layout, see the module docstring).
@@ -59,7 +59,7 @@ class TorchvisionDataModule(ImageDataModule):
         repeat: passes over the train split per epoch.
     """
 
-    dataset_name: ClassVar[str]
+    native_num_classes = 10
     native_channels: ClassVar[int]
     native_size: ClassVar[int]
     default_image_size: ClassVar[int] = 32
@@ -95,7 +95,7 @@ class TorchvisionDataModule(ImageDataModule):
             seed,
             channels=channels,
             image_size=self.default_image_size if image_size is None else image_size,
-            num_classes=check_num_classes(num_classes, 10, self.dataset_name),
+            num_classes=num_classes,
             repeat=repeat,
             random_flip=self.default_random_flip if random_flip is None else random_flip,
         )
@@ -122,14 +122,17 @@ class TorchvisionDataModule(ImageDataModule):
     def _required_files(self) -> list[str]:
         raise NotImplementedError
 
-    def _torchvision_dataset(self, train: bool, download: bool) -> Any:
-        raise NotImplementedError
-
     def manual_download(self) -> str:
         """How to get the files by hand (for the error messages)."""
         raise NotImplementedError
 
     # ----- files
+    def _torchvision_dataset(self, train: bool, download: bool) -> Any:
+        import torchvision.datasets
+
+        dataset_class = getattr(torchvision.datasets, self.dataset_name)
+        return dataset_class(str(self.root), train=train, download=download)
+
     def missing_files(self) -> list[str]:
         folder = self._dataset_folder()
         return [name for name in self._required_files() if not (folder / name).is_file()]
@@ -219,7 +222,6 @@ class _MNISTLike(TorchvisionDataModule):
     native_channels = 1
     native_size = 28
     default_resize_mode = "pad"
-    folder_name: ClassVar[str]
     files: ClassVar[tuple[str, ...]] = (
         "train-images-idx3-ubyte",
         "train-labels-idx1-ubyte",
@@ -230,7 +232,7 @@ class _MNISTLike(TorchvisionDataModule):
     url: ClassVar[str]
 
     def _dataset_folder(self) -> Path:
-        return self.root / self.folder_name / "raw"
+        return self.root / self.dataset_name / "raw"  # torchvision's layout
 
     def manual_download(self) -> str:
         names = " ".join(f"{name}.gz" for name in self.files)
@@ -244,26 +246,14 @@ class MNISTDataModule(_MNISTLike):
     """MNIST handwritten digits: 60,000 + 10,000 grayscale 28x28 images, 10 classes."""
 
     dataset_name = "MNIST"
-    folder_name = "MNIST"
     url = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-
-    def _torchvision_dataset(self, train: bool, download: bool) -> Any:
-        from torchvision.datasets import MNIST
-
-        return MNIST(str(self.root), train=train, download=download)
 
 
 class FashionMNISTDataModule(_MNISTLike):
     """Fashion-MNIST clothing: 60,000 + 10,000 grayscale 28x28 images, 10 classes."""
 
     dataset_name = "FashionMNIST"
-    folder_name = "FashionMNIST"
     url = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-
-    def _torchvision_dataset(self, train: bool, download: bool) -> Any:
-        from torchvision.datasets import FashionMNIST
-
-        return FashionMNIST(str(self.root), train=train, download=download)
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
@@ -283,8 +273,3 @@ class CIFAR10DataModule(TorchvisionDataModule):
 
     def _required_files(self) -> list[str]:
         return [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-
-    def _torchvision_dataset(self, train: bool, download: bool) -> Any:
-        from torchvision.datasets import CIFAR10
-
-        return CIFAR10(str(self.root), train=train, download=download)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -68,9 +68,8 @@ class VectorDataModule(DiffusionDataModule):
         num_val: int = 5_000,
         num_test: int = 5_000,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, seed)
+        super().__init__(batch_size, num_workers, pin_memory, seed, num_classes=num_classes)
         self.dim = check_int("dim", dim)
-        self._num_classes = check_int("num_classes", num_classes, minimum=0)
         self.num_train = check_int("num_train", num_train)
         self.num_val = check_int("num_val", num_val, minimum=0)
         self.num_test = check_int("num_test", num_test, minimum=0)
@@ -78,10 +77,6 @@ class VectorDataModule(DiffusionDataModule):
     @property
     def data_shape(self) -> tuple[int, ...]:
         return (self.dim,)
-
-    @property
-    def num_classes(self) -> int:
-        return self._num_classes
 
     def _generate(self, n: int) -> tuple[Tensor, Tensor]:
         """``n`` samples ``(x: (n, dim), labels: (n,) long)``, deterministic in ``seed``."""
@@ -257,16 +252,49 @@ class GaussianMixture2dDataModule(GaussianMixtureDataModule):
 
 
 class _Standardised(VectorDataModule):
-    """2-D scikit-learn generators, standardised with the train split's statistics."""
+    """2-D scikit-learn generators, standardised with the train split's statistics.
 
-    def __init__(self, *args: Any, noise: float, dim: int, **kwargs: Any) -> None:
+    Args:
+        noise: std of the generator's Gaussian noise, before standardising (``None``: the
+            dataset's ``default_noise``).
+        num_classes: the dataset's ``native_num_classes`` or 0 (``None``: the former).
+        dim: must be 2. The rest: see :class:`VectorDataModule`.
+    """
+
+    native_num_classes: ClassVar[int]
+    default_noise: ClassVar[float]
+
+    def __init__(
+        self,
+        batch_size: int = 512,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        noise: float | None = None,
+        dim: int = 2,
+        num_classes: int | None = None,
+        num_train: int = 50_000,
+        num_val: int = 5_000,
+        num_test: int = 5_000,
+    ) -> None:
+        noise = self.default_noise if noise is None else noise
         if dim != 2:
             raise DataConfigError(
                 f"{type(self).__name__} data are 2-dimensional: data.dim must be 2, got {dim!r}"
             )
         if isinstance(noise, bool) or not isinstance(noise, int | float) or noise < 0:
             raise DataConfigError(f"data.noise must be a number >= 0, got {noise!r}")
-        super().__init__(*args, dim=dim, **kwargs)
+        super().__init__(
+            batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            dim=dim,
+            num_classes=self.native_num_classes if num_classes is None else num_classes,
+            num_train=num_train,
+            num_val=num_val,
+            num_test=num_test,
+        )
         self.noise = float(noise)
         self.loc = torch.zeros(2)
         self.scale = torch.ones(2)
@@ -279,42 +307,13 @@ class _Standardised(VectorDataModule):
 class MoonsDataModule(_Standardised):
     """scikit-learn's two interleaving half circles (``make_moons``), standardised.
 
-    Args:
-        noise: std of the Gaussian noise added by ``make_moons`` (before standardising).
-        num_classes: 2 (which moon) or 0 (unlabelled).
-        dim: must be 2. The rest: see :class:`VectorDataModule`.
+    Args: see :class:`_Standardised`; ``noise`` 0.05 and ``num_classes`` 2 (which moon; 0:
+    unlabelled) by default.
     """
 
-    def __init__(
-        self,
-        batch_size: int = 512,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
-        noise: float = 0.05,
-        dim: int = 2,
-        num_classes: int = 2,
-        num_train: int = 50_000,
-        num_val: int = 5_000,
-        num_test: int = 5_000,
-    ) -> None:
-        if num_classes not in (0, 2):
-            raise DataConfigError(
-                f"moons has 2 classes: data.num_classes must be 2 (moon labels) or 0 "
-                f"(unlabelled), got {num_classes!r}"
-            )
-        super().__init__(
-            batch_size,
-            num_workers,
-            pin_memory,
-            seed,
-            noise=noise,
-            dim=dim,
-            num_classes=num_classes,
-            num_train=num_train,
-            num_val=num_val,
-            num_test=num_test,
-        )
+    dataset_name = "moons"
+    native_num_classes = 2
+    default_noise = 0.05
 
     def _generate(self, n: int) -> tuple[Tensor, Tensor]:
         from sklearn.datasets import make_moons
@@ -327,41 +326,13 @@ class SwissRollDataModule(_Standardised):
     """scikit-learn's swiss roll (``make_swiss_roll``), its 2-D spiral (coordinates x, z),
     standardised. Unlabelled.
 
-    Args:
-        noise: std of the Gaussian noise added by ``make_swiss_roll`` (before standardising;
-            the raw spiral spans about ``[-11, 14]``).
-        num_classes: must be 0. ``dim``: must be 2. The rest: see :class:`VectorDataModule`.
+    Args: see :class:`_Standardised`; ``noise`` 0.5 by default (the raw spiral spans about
+    ``[-11, 14]``), ``num_classes`` must be 0.
     """
 
-    def __init__(
-        self,
-        batch_size: int = 512,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
-        noise: float = 0.5,
-        dim: int = 2,
-        num_classes: int = 0,
-        num_train: int = 50_000,
-        num_val: int = 5_000,
-        num_test: int = 5_000,
-    ) -> None:
-        if num_classes != 0:
-            raise DataConfigError(
-                f"swiss_roll is unlabelled: data.num_classes must be 0, got {num_classes!r}"
-            )
-        super().__init__(
-            batch_size,
-            num_workers,
-            pin_memory,
-            seed,
-            noise=noise,
-            dim=dim,
-            num_classes=num_classes,
-            num_train=num_train,
-            num_val=num_val,
-            num_test=num_test,
-        )
+    dataset_name = "swiss_roll"
+    native_num_classes = 0
+    default_noise = 0.5
 
     def _generate(self, n: int) -> tuple[Tensor, Tensor]:
         from sklearn.datasets import make_swiss_roll

@@ -10,9 +10,12 @@ Each module backs one script in ``scripts/`` and one section of ``docs/guide.md`
                     (``scripts/lesson_mode_collapse.py``);
 - ``efficiency``    sample quality versus the number of function evaluations
                     (``scripts/nfe_sweep.py``);
-- ``plots``         the figures (matplotlib, no display).
+- ``plots``         the figures (matplotlib, no display);
+- ``script``        what the scripts share: ``run_lesson`` (one thread, the config printed,
+                    one-line errors) and ``config_mixture`` (the mixture of a data config).
 
-Like ``difforge.diffusion`` these import torch and numpy only (matplotlib inside ``plots``).
+Like ``difforge.diffusion`` these import torch and numpy only (matplotlib inside ``plots``, Hydra
+inside the functions of ``script``).
 """
 
 from difforge.lessons.blurring import (

@@ -7,7 +7,7 @@ layout, no tight bounding box, so tests can check the size) and returns its path
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | Path, dpi: int = DPI) -> Path:
-    """Save as a 256-colour PNG (heat maps compress badly in full colour; the docs keep each
-    figure under 300 KB)."""
+def _save(fig: Any, path: str | Path, title: str = "", dpi: int = DPI) -> Path:
+    """Give ``fig`` its ``title`` (if any) and save it as a 256-colour PNG (heat maps compress
+    badly in full colour; the docs keep each figure under 300 KB)."""
     from PIL import Image
 
+    if title:
+        fig.suptitle(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -123,9 +125,7 @@ def plot_blurring_1d(
         ax.set_xlabel("$x_t$")
         ax.set_ylabel("t")
         ax.legend(loc="upper right", fontsize=8, markerscale=5)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 COUNTS_SIZE = (12.0, 4.5)
@@ -173,6 +173,33 @@ def image_rows_size(rows: int, columns: int, cell: float = 1.6) -> tuple[float, 
     return (1.2 + cell * columns, 0.5 + cell * rows)
 
 
+def _image_rows(
+    images: Mapping[str, Sequence[np.ndarray]],
+    timesteps: Sequence[int],
+    path: str | Path,
+    title: str,
+    draw: Callable[[Any, np.ndarray], str],
+    cell: float = 1.6,
+) -> Path:
+    """Rows of images, one row per name and one column per t: ``draw(ax, image)`` shows an image
+    and returns the text after ``t=<t>`` in its title."""
+    plt = _pyplot()
+    names = list(images)
+    size = image_rows_size(len(names), len(timesteps), cell)
+    fig, axes = plt.subplots(
+        len(names), len(timesteps), figsize=size, layout="constrained", squeeze=False
+    )
+    for row, name in enumerate(names):
+        for column, (t, image) in enumerate(zip(timesteps, images[name], strict=True)):
+            ax = axes[row, column]
+            ax.set_title(f"t={t}{draw(ax, image)}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == 0:
+                ax.set_ylabel(name)
+    return _save(fig, path, title)
+
+
 def plot_density_images(
     images: Mapping[str, Sequence[np.ndarray]],
     timesteps: Sequence[int],
@@ -182,25 +209,13 @@ def plot_density_images(
 ) -> Path:
     """Rows of 2-D density images (one row per schedule, one column per t), each normalised to
     its own maximum (the peak height is printed)."""
-    plt = _pyplot()
-    names = list(images)
-    size = image_rows_size(len(names), len(timesteps))
-    fig, axes = plt.subplots(
-        len(names), len(timesteps), figsize=size, layout="constrained", squeeze=False
-    )
     extent = (bounds[0][0], bounds[0][1], bounds[1][0], bounds[1][1])
-    for row, name in enumerate(names):
-        for column, (t, image) in enumerate(zip(timesteps, images[name], strict=True)):
-            ax = axes[row, column]
-            ax.imshow(image / image.max(), origin="lower", extent=extent, cmap="magma")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"t={t}, max {image.max():.2g}", fontsize=8)
-            if column == 0:
-                ax.set_ylabel(name)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+
+    def draw(ax: Any, image: np.ndarray) -> str:
+        ax.imshow(image / image.max(), origin="lower", extent=extent, cmap="magma")
+        return f", max {image.max():.2g}"
+
+    return _image_rows(images, timesteps, path, title, draw)
 
 
 def plot_image_rows(
@@ -211,24 +226,12 @@ def plot_image_rows(
 ) -> Path:
     """Rows of grayscale images ``(H, W)`` in ``[-1, 1]`` (one row per schedule, one column per
     t); values outside are clipped."""
-    plt = _pyplot()
-    names = list(rows)
-    size = image_rows_size(len(names), len(timesteps), cell=1.3)
-    fig, axes = plt.subplots(
-        len(names), len(timesteps), figsize=size, layout="constrained", squeeze=False
-    )
-    for row, name in enumerate(names):
-        for column, (t, image) in enumerate(zip(timesteps, rows[name], strict=True)):
-            ax = axes[row, column]
-            ax.imshow(np.clip(image, -1, 1), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"t={t}", fontsize=8)
-            if column == 0:
-                ax.set_ylabel(name)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+
+    def draw(ax: Any, image: np.ndarray) -> str:
+        ax.imshow(np.clip(image, -1, 1), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        return ""
+
+    return _image_rows(rows, timesteps, path, title, draw, cell=1.3)
 
 
 # ----------------------------------------------------------------------------- lesson 2: reverse flow
@@ -299,9 +302,7 @@ def plot_reverse_flow(
         ax.plot(np.asarray(bg["data_density"]), x_grid, "k", lw=1.2, label="data law")
         ax.set_xlabel("density of $x_0$")
         ax.legend(fontsize=8, loc="upper right")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 # ---------------------------------------------------------------------------- lesson 4: efficiency
@@ -362,9 +363,7 @@ def plot_nfe_sweep(
         ax.set_title(panel_title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 # ------------------------------------------------------------------------- lesson 3: mode collapse
@@ -418,9 +417,7 @@ def plot_collapse_panels(
             ax.set_title(panel["title"], fontsize=8.5)
             if c == 0:
                 ax.set_ylabel(name)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 COLLAPSE_MASS_SIZE = (13.0, 4.5)
