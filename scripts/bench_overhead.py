@@ -21,7 +21,10 @@ ratio is the median over segments of (Lightning s/step) / (plain s/step). A segm
 ``steps`` whole iterations: data loading, ``training_step``, backward, clipping, optimizer,
 scheduler, EMA, hooks and logging (incl. the logger writes every ``log_every_n_steps``).
 Segments never span an epoch boundary (no validation, no epoch-end hooks inside) and the first
-``warmup`` batches of every epoch are not timed.
+``warmup`` batches of every epoch are not timed. Both clocks are kept: wall time and this
+process's CPU time (``time.process_time``). With one torch thread (the default here) the CPU
+clock does not count the time the process waits while other jobs hold the cores, so on a
+shared machine it is the steadier of the two; W&B's separate service process is not in it.
 
 Ablations (``--ablate``, on by default) locate the overhead: ``no_log`` is the same module with
 ``LightningModule.log`` a no-op (metrics still updated), ``bare`` a ``training_step`` that only
@@ -148,12 +151,12 @@ class PlainRunner:
         m.ema.update(m.denoiser.net)
         return loss
 
-    def segment(self, steps: int) -> float:
-        """Seconds per step over ``steps`` steps (data loading included, as in Lightning)."""
-        start = time.perf_counter()
+    def segment(self, steps: int) -> tuple[float, float]:
+        """(wall, process CPU) seconds per step over ``steps`` steps (data loading included)."""
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step(self.next_batch())
-        return (time.perf_counter() - start) / steps
+        return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
 def interleaving_callback(plain: PlainRunner | None, warmup: int, steps: int, segments: int) -> Any:
@@ -163,9 +166,9 @@ def interleaving_callback(plain: PlainRunner | None, warmup: int, steps: int, se
 
     class Interleave(L.Callback):
         def __init__(self) -> None:
-            self.lightning: list[float] = []
-            self.plain: list[float] = []
-            self.opened: float | None = None
+            self.lightning: list[tuple[float, float]] = []  # (wall, CPU) s/step
+            self.plain: list[tuple[float, float]] = []
+            self.opened: tuple[float, float] | None = None
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self.opened = None  # never time across an epoch boundary
@@ -173,9 +176,11 @@ def interleaving_callback(plain: PlainRunner | None, warmup: int, steps: int, se
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, i: int) -> None:
             if i < warmup or (i - warmup) % steps:
                 return
-            now = time.perf_counter()
+            now = time.perf_counter(), time.process_time()
             if self.opened is not None:
-                self.lightning.append((now - self.opened) / steps)
+                self.lightning.append(
+                    ((now[0] - self.opened[0]) / steps, (now[1] - self.opened[1]) / steps)
+                )
             if len(self.lightning) >= segments:
                 trainer.should_stop = True
                 self.opened = None
@@ -184,7 +189,7 @@ def interleaving_callback(plain: PlainRunner | None, warmup: int, steps: int, se
                 self.plain.pop()  # its Lightning partner was cut by an epoch boundary
             if plain is not None:
                 self.plain.append(plain.segment(steps))
-            self.opened = time.perf_counter()
+            self.opened = time.perf_counter(), time.process_time()
 
     return Interleave()
 
@@ -348,40 +353,50 @@ def main(argv: list[str] | None = None) -> int:
             module = ablated(module, kind)
         callback = interleaving_callback(plain, args.warmup, args.steps, args.segments)
         fit_s = run_fit(cfg, module, datamodule, callback)
-        pairs = list(zip(callback.lightning, callback.plain, strict=False))
-        results[kind] = {
-            "lightning_s": callback.lightning,
-            "plain_s": callback.plain[: len(pairs)],
-            "ratios": [lt / pt for lt, pt in pairs],
-            "ratio": statistics.median(lt / pt for lt, pt in pairs),
-            "lightning_median_s": statistics.median(callback.lightning),
-            "plain_median_s": statistics.median(callback.plain[: len(pairs)]),
-            "fit_s": fit_s,
-        }
+        n = min(len(callback.lightning), len(callback.plain))
+        result: dict[str, Any] = {"fit_s": fit_s, "pairs": n}
+        for clock, k in (("wall", 0), ("cpu", 1)):
+            light = [v[k] for v in callback.lightning[:n]]
+            bare = [v[k] for v in callback.plain[:n]]
+            ratios = [lt / pt for lt, pt in zip(light, bare, strict=True)]
+            result[clock] = {
+                "lightning_s": light,
+                "plain_s": bare,
+                "ratios": ratios,
+                "ratio": statistics.median(ratios),
+                "lightning_median_s": statistics.median(light),
+                "plain_median_s": statistics.median(bare),
+            }
+        results[kind] = result
     print(
         f"\n{args.segments} segment pairs x {args.steps} steps per fit, {args.threads or 'default'} "
         f"thread(s), {time.perf_counter() - started:.0f} s\n"
     )
     print(
-        "| Lightning module | s/step Lightning | s/step plain | steps/s Lightning | steps/s plain "
-        "| ratio Lightning / plain (median over segment pairs) | min-max of pair ratios |"
+        "| Lightning module | clock | s/step Lightning | s/step plain | steps/s Lightning "
+        "| steps/s plain | ratio Lightning / plain (median over pairs) | min-max of pair ratios |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind, r in results.items():
-        print(
-            f"| {kind} | {r['lightning_median_s']:.4f} | {r['plain_median_s']:.4f} | "
-            f"{1 / r['lightning_median_s']:.2f} | {1 / r['plain_median_s']:.2f} | "
-            f"{r['ratio']:.3f} | {min(r['ratios']):.3f}-{max(r['ratios']):.3f} |"
-        )
+        for clock in ("cpu", "wall"):
+            c = r[clock]
+            print(
+                f"| {kind} | {clock} | {c['lightning_median_s']:.4f} | {c['plain_median_s']:.4f} | "
+                f"{1 / c['lightning_median_s']:.2f} | {1 / c['plain_median_s']:.2f} | "
+                f"{c['ratio']:.3f} | {min(c['ratios']):.3f}-{max(c['ratios']):.3f} |"
+            )
     if len(results) == 3:
         # Each variant's overhead in ms/step, from its own ratio and plain time (load-robust).
-        extra = {k: (r["ratio"] - 1) * r["plain_median_s"] * 1e3 for k, r in results.items()}
+        extra = {
+            k: (r["cpu"]["ratio"] - 1) * r["cpu"]["plain_median_s"] * 1e3
+            for k, r in results.items()
+        }
         print(
-            "\noverhead per step: total "
+            "\noverhead per step (CPU clock): total "
             f"{extra['lightning']:.2f} ms = self.log {extra['lightning'] - extra['no_log']:.2f} ms "
             f"+ metric updates and finiteness check {extra['no_log'] - extra['bare']:.2f} ms "
             f"+ Lightning loop {extra['bare']:.2f} ms (plain step "
-            f"{results['lightning']['plain_median_s'] * 1e3:.1f} ms)"
+            f"{results['lightning']['cpu']['plain_median_s'] * 1e3:.1f} ms)"
         )
     profile_text = None
     if args.profile:
@@ -396,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\ncProfile of one Lightning fit without plain segments: {fit_steps} steps, "
             f"{fit_s:.1f} s under the profiler incl. set-up and teardown; segments "
-            f"{1e3 * statistics.median(callback.lightning):.1f} ms/step (median)\n"
+            f"{1e3 * statistics.median(v[0] for v in callback.lightning):.1f} ms/step "
+            "(median, wall)\n"
         )
         print(profile_text)
     if args.json:

@@ -20,7 +20,10 @@ over repeats):
   the growth of the resident set's high-water mark (``VmHWM``, reset through
   ``/proc/self/clear_refs``) over the same call, which includes allocator caching.
 
-Ratios are difforge / diffusers: below 1 means difforge is faster or smaller.
+Times are taken on two clocks: wall and this process's CPU time (``time.process_time``); with
+one torch thread (the default) the CPU clock does not count time spent waiting for a core that
+another job holds, so it is the steadier on a shared machine. Ratios are difforge / diffusers:
+below 1 means difforge is faster or smaller.
 
     python scripts/bench_unet.py                             # small and base
     python scripts/bench_unet.py --sizes small --compile     # adds torch.compile (minutes)
@@ -187,11 +190,12 @@ class Bench:
             self.forward(self.x, self.t)
 
 
-def timed(fn: Callable[[], None], steps: int) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], None], steps: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds per call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
 def _rss_kib(field: str) -> int:
@@ -268,25 +272,36 @@ def run_variant(
         result.setdefault("first_call_s", {})[b.name] = time.perf_counter() - start
         b.train_step()
         b.infer()
-    times: dict[str, dict[str, list[float]]] = {b.name: {"train": [], "infer": []} for b in benches}
+    times: dict[str, dict[str, dict[str, list[float]]]] = {
+        clock: {b.name: {"train": [], "infer": []} for b in benches} for clock in ("wall", "cpu")
+    }
     for r in range(repeats):
         order = benches if r % 2 == 0 else benches[::-1]
-        for b in order:
-            times[b.name]["train"].append(timed(b.train_step, steps))
-        for b in order:
-            times[b.name]["infer"].append(timed(b.infer, steps))
+        for kind, fn in (("train", "train_step"), ("infer", "infer")):
+            for b in order:
+                wall, cpu = timed(getattr(b, fn), steps)
+                times["wall"][b.name][kind].append(wall)
+                times["cpu"][b.name][kind].append(cpu)
     result["times"] = times
     result["median_s"] = {
-        name: {kind: statistics.median(v) for kind, v in kinds.items()}
-        for name, kinds in times.items()
+        clock: {
+            name: {kind: statistics.median(v) for kind, v in kinds.items()}
+            for name, kinds in per_clock.items()
+        }
+        for clock, per_clock in times.items()
     }
     if peers:
         result["ratio"] = {
-            kind: statistics.median(
-                d / p
-                for d, p in zip(times["difforge"][kind], times["diffusers"][kind], strict=True)
-            )
-            for kind in ("train", "infer")
+            clock: {
+                kind: statistics.median(
+                    d / p
+                    for d, p in zip(
+                        times[clock]["difforge"][kind], times[clock]["diffusers"][kind], strict=True
+                    )
+                )
+                for kind in ("train", "infer")
+            }
+            for clock in ("wall", "cpu")
         }
     if memory:
         mem: dict[str, dict[str, float | None]] = {}
@@ -323,7 +338,8 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def print_table(results: list[dict[str, Any]], peers: bool) -> None:
+def print_table(results: list[dict[str, Any]], peers: bool, clock: str) -> None:
+    print(f"\nclock: {clock} (medians over repeats; ratios are medians of per-repeat ratios)\n")
     if peers:
         print(
             "| size | variant | batch | train s/step difforge | diffusers | ratio | "
@@ -337,32 +353,31 @@ def print_table(results: list[dict[str, Any]], peers: bool) -> None:
         )
         print("|" + " --- |" * 7)
     for r in results:
-        med = r["median_s"]
+        med = r["median_s"][clock]
         mem = r.get("memory")
 
         def m(name: str, kind: str, mem: dict | None = mem) -> str:
             return f"{mem[name][f'{kind}_peak_mib']:.1f}" if mem else "-"
 
+        head = f"| {r['size']} | {r['variant']} | {r['batch']} | "
         if peers:
+            ratio = r["ratio"][clock]
             mr = r.get("memory_ratio")
-            print(
-                f"| {r['size']} | {r['variant']} | {r['batch']} | "
-                f"{med['difforge']['train']:.4f} | {med['diffusers']['train']:.4f} | "
-                f"{r['ratio']['train']:.3f} | {med['difforge']['infer']:.4f} | "
-                f"{med['diffusers']['infer']:.4f} | {r['ratio']['infer']:.3f} | "
-                f"{m('difforge', 'train')} | {m('diffusers', 'train')} | "
-                f"{mr['train']:.3f} | {m('difforge', 'infer')} | {m('diffusers', 'infer')} | "
-                f"{mr['infer']:.3f} |"
+            mem_cells = (
+                f"{m('difforge', 'train')} | {m('diffusers', 'train')} | {mr['train']:.3f} | "
+                f"{m('difforge', 'infer')} | {m('diffusers', 'infer')} | {mr['infer']:.3f} |"
                 if mr
-                else f"| {r['size']} | {r['variant']} | {r['batch']} | "
-                f"{med['difforge']['train']:.4f} | {med['diffusers']['train']:.4f} | "
-                f"{r['ratio']['train']:.3f} | {med['difforge']['infer']:.4f} | "
-                f"{med['diffusers']['infer']:.4f} | {r['ratio']['infer']:.3f} | - | - | - | - | - | - |"
+                else "- | - | - | - | - | - |"
+            )
+            print(
+                head + f"{med['difforge']['train']:.4f} | {med['diffusers']['train']:.4f} | "
+                f"{ratio['train']:.3f} | {med['difforge']['infer']:.4f} | "
+                f"{med['diffusers']['infer']:.4f} | {ratio['infer']:.3f} | " + mem_cells
             )
         else:
             print(
-                f"| {r['size']} | {r['variant']} | {r['batch']} | {med['difforge']['train']:.4f} | "
-                f"{med['difforge']['infer']:.4f} | {m('difforge', 'train')} | {m('difforge', 'infer')} |"
+                head + f"{med['difforge']['train']:.4f} | {med['difforge']['infer']:.4f} | "
+                f"{m('difforge', 'train')} | {m('difforge', 'infer')} |"
             )
 
 
@@ -379,11 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-diffusers", action="store_true")
     parser.add_argument("--profile", action="store_true", help="top ops of one fp32 train step")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny preset, batch 4: seconds")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = ["tiny"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     peers = not args.no_diffusers
     if peers:
         try:
@@ -436,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                 b.train_step()
                 print(f"\n{size} {name}: fp32 train step, top ops by self CPU time")
                 print(top_ops(b.train_step, 15))
-    print()
-    print_table(results, peers)
+    print_table(results, peers, "cpu")
+    print_table(results, peers, "wall")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=2))
     return 0

@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,3 +68,16 @@ QUICK_TRAIN = (
     "callbacks.fid.kid_subsets=2",
     "print_config=false",
 )
+
+
+def random_inception_file(path: Path) -> Path:
+    """Random Inception-v3 weights in the format torch-fidelity reads (no download)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None),
+    ):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return path

@@ -146,3 +146,68 @@ def test_bad_train_input_is_refused_clearly(overrides, fragments):
 )
 def test_bad_sample_input_is_refused_clearly(overrides, fragments, tmp_path):
     assert_clean_error(run_cli("sample", *overrides, f"hydra.run.dir={tmp_path}"), *fragments)
+
+
+@pytest.mark.slow
+def test_image_folder_model_trains_and_evaluates_offline(tmp_path):
+    """An RGB image-folder model: FID with Inception-v3 from a local weights file (offline)."""
+    from PIL import Image
+
+    from helpers import random_inception_file
+
+    images = tmp_path / "images"
+    for label in ("cats", "dogs"):
+        (images / label).mkdir(parents=True)
+        for i in range(12):
+            colour = (40 * i % 255, 200 if label == "cats" else 30, 90)
+            Image.new("RGB", (20, 18), colour).save(images / label / f"{i}.png")
+    weights = random_inception_file(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
+    common = (f"metrics.inception_weights={weights}",)
+    run_dir = tmp_path / "run"
+    assert_ok(
+        run_cli(
+            "train",
+            *QUICK_TRAIN,
+            "data=image_folder",
+            f"data.root={images}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "model=unet_small",
+            "trainer.val_check_interval=3",
+            *common,
+            f"hydra.run.dir={run_dir}",
+        )
+    )
+    out = tmp_path / "eval"
+    assert_ok(
+        run_cli(
+            "eval",
+            f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+            "num_samples=12",
+            "sampler.steps=2",
+            "nll.num_points=4",
+            *common,
+            f"hydra.run.dir={out}",
+        )
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fid"] >= 0 and "kid_mean" in metrics and metrics["nll_bpd_vlb"] > 0
+
+
+@pytest.mark.slow
+def test_trained_gmm1d_model_evaluates_with_exact_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    assert_ok(run_cli("train", *QUICK_TRAIN, "experiment=gmm1d", f"hydra.run.dir={run_dir}"))
+    out = tmp_path / "eval"
+    assert_ok(
+        run_cli(
+            "eval",
+            f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+            "num_samples=500",
+            "sampler.steps=5",
+            "nll.num_points=16",
+            f"hydra.run.dir={out}",
+        )
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"w1", "mode_coverage", "mode_mass_0", "nll_bpd_vlb"} <= metrics.keys()

@@ -29,6 +29,7 @@ from difforge.metrics.images import (
     reference_stats,
 )
 from difforge.training.fid_callback import FIDCallback, gather_rows, rank_slice
+from helpers import random_inception_file
 
 REPO = Path(__file__).resolve().parents[1]
 STATED_TEST_ACCURACY = 0.95  # the digits classifier's claim (it scores 179/180 = 0.9944)
@@ -97,23 +98,10 @@ def test_train_script_is_deterministic(tmp_path):
     assert a.cache_id == b.cache_id and a.test_accuracy is not None
 
 
-def _random_inception_file(path: Path) -> Path:
-    """Random Inception-v3 weights in the format torch-fidelity reads (no download)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    with (
-        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
-        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None),
-    ):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    torch.save(net.state_dict(), path)
-    return path
-
-
 def test_inception_offline_from_local_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv(F.INCEPTION_WEIGHTS_ENV, raising=False)
-    weights = _random_inception_file(tmp_path / F.INCEPTION_FILENAME)
+    weights = random_inception_file(tmp_path / F.INCEPTION_FILENAME)
     net = F.inception(weights)
     assert net.num_features == 2048 and not net.training
     assert not any(p.requires_grad for p in net.parameters())

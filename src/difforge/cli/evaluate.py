@@ -95,7 +95,10 @@ def evaluate_trained(
     metrics: dict[str, float] = {}
     is_image = samples.ndim == 4
     if cfg.nll.enabled:
-        x = datamodule.reference_samples("test", cfg.nll.num_points).to(module.device)
+        num_points = min(
+            cfg.nll.num_points, datamodule.split_size("test")
+        )  # small test splits: all of it
+        x = datamodule.reference_samples("test", num_points).to(module.device)
         metrics.update(
             likelihood_metrics(
                 module.ema_denoiser if cfg.use_ema else module.denoiser,
