@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
-from difforge.diffusion.samplers import Sampler
+from difforge.diffusion.samplers import ALGORITHMS, CountingDenoiser, Sampler
 from difforge.diffusion.schedules import LinearSchedule
 from difforge.metrics.mixture import mode_mass, true_mode_mass, wasserstein1_1d
 
@@ -105,12 +105,16 @@ DIFFUSERS_CONFIGS: dict[str, list[dict[str, Any]]] = {
 SLICED_DIRECTIONS = 256
 # Heun steps for the "ODE limit" reference (2 * steps - 1 NFE, float64).
 ODE_LIMIT_STEPS = 200
+# The first is difforge's default. "trailing" is not a difforge option: the schedule's own sigmas
+# at the timesteps round(arange(T, 0, -T / steps)) - 1 (diffusers' "trailing" spacing; Lin et al.
+# 2024, "Common diffusion noise schedules and sample steps are flawed", table 2), fed to
+# difforge's algorithm functions: what difforge would give with that grid.
 DIFFORGE_GRIDS = {
-    "ddpm": ("discrete", "karras"),
-    "ddim": ("discrete", "karras"),
-    "euler": ("karras", "discrete"),
-    "heun": ("karras", "discrete"),
-    "dpmpp_2m": ("karras", "discrete"),
+    "ddpm": ("discrete", "karras", "trailing"),
+    "ddim": ("discrete", "karras", "trailing"),
+    "euler": ("karras", "discrete", "trailing"),
+    "heun": ("karras", "discrete", "trailing"),
+    "dpmpp_2m": ("karras", "discrete", "trailing"),
 }
 
 
@@ -191,6 +195,8 @@ def run_difforge(
     seed: int,
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, int]:
+    if grid == "trailing":
+        return run_difforge_trailing(family, nfe, oracle, schedule, n, seed, dtype)
     sampler = Sampler(family, steps_for(family, nfe), grid=grid)
     result = sampler(
         oracle,
@@ -200,6 +206,31 @@ def run_difforge(
         generator=torch.Generator().manual_seed(seed),
     )
     return result.samples, result.nfe
+
+
+def trailing_sigmas(schedule: LinearSchedule, steps: int) -> torch.Tensor:
+    """The schedule's sigmas at diffusers' "trailing" timesteps, then 0 (float64)."""
+    t = schedule.num_timesteps
+    indices = torch.from_numpy(np.arange(t, 0, -t / steps).round().astype(np.int64) - 1)
+    return torch.cat([schedule.sigmas[indices], torch.zeros(1, dtype=torch.float64)])
+
+
+def run_difforge_trailing(
+    family: str,
+    nfe: int,
+    oracle: GaussianMixtureOracle,
+    schedule: LinearSchedule,
+    n: int,
+    seed: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, int]:
+    """``Sampler.__call__`` with the trailing grid in place of the configured one."""
+    sigmas = trailing_sigmas(schedule, steps_for(family, nfe))
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, oracle.mixture.dim), generator=generator, dtype=dtype)
+    counter = CountingDenoiser(oracle)
+    samples = ALGORITHMS[family](counter, noise * sigmas[0].item(), sigmas, generator=generator)
+    return samples, counter.nfe
 
 
 def exact_eps(oracle: GaussianMixtureOracle, x_vp: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -459,14 +490,21 @@ def print_tables(
         print("|" + " --- |" * (len(nfes) + 2))
         for family in families:
             line_d = [f"| {family} | difforge default |"]
+            line_dt = [f"| {family} | difforge on the trailing grid (not an option yet) |"]
             line_db = [f"| {family} | difforge best grid |"]
             line_p = [f"| {family} | diffusers default |"]
             line_pb = [f"| {family} | diffusers best |"]
             line_r = [f"| {family} | ratio difforge default / diffusers best |"]
             for nfe in nfes:
                 dd = pick(rows, "difforge", family, nfe, True)[0]
+                dt = [
+                    r
+                    for r in pick(rows, "difforge", family, nfe, False)
+                    if r["config"] == "trailing"
+                ]
                 db = min(pick(rows, "difforge", family, nfe, None), key=lambda r: r[metric])
                 line_d.append(f" {fmt(dd[metric])} ({dd['nfe']}) |")
+                line_dt.append(f" {fmt(dt[0][metric])} |" if dt else " - |")
                 line_db.append(f" {fmt(db[metric])} ({db['config']}) |")
                 if use_diffusers:
                     pd = pick(rows, "diffusers", family, nfe, True)[0]
@@ -476,6 +514,7 @@ def print_tables(
                     ratio = dd[metric] / pb[metric] if pb[metric] > 0 else math.inf
                     line_r.append(f" {ratio:.2f} |")
             print("".join(line_d))
+            print("".join(line_dt))
             print("".join(line_db))
             if use_diffusers:
                 print("".join(line_p))
