@@ -350,7 +350,11 @@ class DiffusionModule(L.LightningModule):
 
     # --- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["difforge"] = {"config": self.run_config, "data_shape": list(self.data_shape)}
+        checkpoint["difforge"] = {
+            "config": self.run_config,
+            "data_shape": list(self.data_shape),
+            "world_size": self.trainer.world_size,
+        }
         # The training noise comes from torch's global RNG: saving it makes a resumed run draw the
         # same noise as one that never stopped.
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
@@ -358,6 +362,19 @@ class DiffusionModule(L.LightningModule):
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved_world = checkpoint.get("difforge", {}).get("world_size", 1)
+        fit_loop_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        if (
+            saved_world != 1 or self.trainer.world_size != 1
+        ) and "combined_loader" in fit_loop_state:
+            # The exact data position is kept on one device only: under DDP Lightning's
+            # distributed sampler (seeded per epoch, not resumable mid-epoch) replaces ours.
+            del fit_loop_state["combined_loader"]
+            log.info(
+                "resuming with %d process(es) (saved with %d): the current epoch's data order restarts",
+                self.trainer.world_size,
+                saved_world,
+            )
         states = checkpoint.get("rng_states", {})
         if "torch" in states:
             torch.set_rng_state(states["torch"])
