@@ -28,7 +28,8 @@ shared machine it is the steadier of the two; W&B's separate service process is 
 
 Ablations (``--ablate``, on by default) locate the overhead: ``no_log`` is the same module with
 ``LightningModule.log`` a no-op (metrics still updated), ``bare`` a ``training_step`` that only
-computes the loss (no metrics, no logging, no finiteness check). ``--profile`` adds a cProfile
+computes the loss (no metrics, no logging, no finiteness check of the loss; the module's
+gradient check in ``on_before_optimizer_step`` stays). ``--profile`` adds a cProfile
 of one Lightning block, summarised by where the time goes.
 
     python scripts/bench_overhead.py                         # 12 segments x 8 steps
@@ -230,6 +231,11 @@ PROFILE_GROUPS: list[tuple[str, str, tuple[str, ...]]] = [
     ("  torchmetrics forward (train_loss)", "torchmetrics/metric.py", ("forward",)),
     ("  torchmetrics update (all metrics)", "torchmetrics/metric.py", ("wrapped_func",)),
     ("backward", "torch/_tensor.py", ("backward",)),
+    (
+        "non-finite gradient check (on_before_optimizer_step)",
+        "training/module.py",
+        ("on_before_optimizer_step",),
+    ),
     ("gradient clipping (Lightning)", "lightning/pytorch/core/module.py", ("clip_gradients",)),
     (
         "AdamW update",

@@ -197,7 +197,10 @@ def run_difforge(
 ) -> tuple[torch.Tensor, int]:
     if grid == "trailing":
         return run_difforge_trailing(family, nfe, oracle, schedule, n, seed, dtype)
-    sampler = Sampler(family, steps_for(family, nfe), grid=grid)
+    sigma_min = None
+    if grid.startswith("karras@"):  # --karras-sigma-min: the Karras grid ending higher
+        grid, sigma_min = "karras", float(grid.split("@", 1)[1])
+    sampler = Sampler(family, steps_for(family, nfe), grid=grid, sigma_min=sigma_min)
     result = sampler(
         oracle,
         schedule,
@@ -327,7 +330,9 @@ def evaluate_mixture(
     limit = difforge_run("heun", "karras", 2 * ODE_LIMIT_STEPS - 1, torch.float64)
     for family in args.families:
         for nfe in args.nfe:
-            for k, grid in enumerate(DIFFORGE_GRIDS[family]):
+            grids = list(DIFFORGE_GRIDS[family])
+            grids += [f"karras@{value:g}" for value in args.karras_sigma_min]
+            for k, grid in enumerate(grids):
                 rows.append(
                     {
                         "side": "difforge",
@@ -404,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor-seeds", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--no-diffusers", action="store_true", help="difforge only")
+    parser.add_argument(
+        "--karras-sigma-min",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also run difforge's Karras grid with these sigma_min (default: the schedule's)",
+    )
     parser.add_argument("--quick", action="store_true", help="2k samples, NFE 5 10: seconds")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     args = parser.parse_args(argv)

@@ -8,9 +8,12 @@
 Every sampler runs with the step count of its ``configs/sampler/*.yaml`` (ddpm 100, ddim 50,
 euler 50, heun 18 = 35 NFE, dpmpp_2m 20) unless ``--steps`` overrides it (the base model
 defaults to a few steps on the CPU: a forward pass of 35.7M parameters takes seconds there).
-Besides images/s it reports network evaluations per second (images x NFE / s) and the
-sampler's overhead over bare network calls: 1 - NFE x (one timed ``denoiser`` call) / (one
-sampling run), both measured interleaved at the same batch size (medians over repeats).
+Times are this process's CPU time (one torch thread by default: on a shared machine the CPU
+clock does not count the time spent waiting for a core, so images per CPU-second is what one
+free core delivers), with the wall-clock images/s alongside. Besides images per CPU-second it
+reports network evaluations per CPU-second (images x NFE / s) and the sampler's overhead over
+bare network calls: 1 - NFE x (one timed ``denoiser`` call) / (one sampling run), both measured
+interleaved at the same batch size (medians over repeats).
 
     python scripts/bench_throughput.py                      # tiny and base, small batch sweep
     python scripts/bench_throughput.py --models tiny --ckpt logs/train/runs/X/checkpoints/last.ckpt
@@ -104,25 +107,28 @@ def measure(
             configs[name] = Sampler(**cfg)
         x = torch.randn(shape)
         sigma = torch.full((batch,), 1.0)
-        forward_s: list[float] = []
+        forward_s: list[float] = []  # process CPU seconds
         sample_s: dict[str, list[float]] = {name: [] for name in samplers}
+        sample_wall: dict[str, list[float]] = {name: [] for name in samplers}
         nfe: dict[str, int] = {}
         with torch.inference_mode():
             denoiser(x, sigma)  # warm-up
             for r in range(repeats):
-                start = time.perf_counter()
+                start = time.process_time()
                 denoiser(x, sigma)
-                forward_s.append(time.perf_counter() - start)
+                forward_s.append(time.process_time() - start)
                 order = samplers if r % 2 == 0 else samplers[::-1]
                 for name in order:
                     generator = torch.Generator().manual_seed(r)
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     result = configs[name](denoiser, schedule, shape, generator=generator)
-                    sample_s[name].append(time.perf_counter() - start)
+                    sample_wall[name].append(time.perf_counter() - start)
+                    sample_s[name].append(time.process_time() - cpu)
                     nfe[name] = result.nfe
         t_forward = statistics.median(forward_s)
         for name in samplers:
             t = statistics.median(sample_s[name])
+            wall = statistics.median(sample_wall[name])
             rows.append(
                 {
                     "model": model,
@@ -132,9 +138,11 @@ def measure(
                     "steps": configs[name].steps,
                     "nfe": nfe[name],
                     "batch": batch,
-                    "seconds": t,
-                    "images_per_s": batch / t,
-                    "evals_per_s": batch * nfe[name] / t,
+                    "cpu_seconds": t,
+                    "wall_seconds": wall,
+                    "images_per_cpu_s": batch / t,
+                    "images_per_s": batch / wall,
+                    "evals_per_cpu_s": batch * nfe[name] / t,
                     "forward_s": t_forward,
                     "sampler_overhead": 1 - nfe[name] * t_forward / t,
                 }
@@ -197,15 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model}: {time.perf_counter() - start:.0f} s ({rows[-1]['weights']})")
     print()
     print(
-        "| model | sampler | steps | NFE | batch | s per batch | images/s | network evals/s "
-        "| sampler overhead |"
+        "| model | sampler | steps | NFE | batch | CPU s per batch | images per CPU s "
+        "| network evals per CPU s | sampler overhead | images/s (wall) |"
     )
-    print("|" + " --- |" * 9)
+    print("|" + " --- |" * 10)
     for r in rows:
         print(
             f"| {r['model']} ({r['params'] / 1e6:.2f}M) | {r['sampler']} | {r['steps']} | {r['nfe']} "
-            f"| {r['batch']} | {r['seconds']:.3f} | {r['images_per_s']:.2f} | "
-            f"{r['evals_per_s']:.1f} | {r['sampler_overhead']:.1%} |"
+            f"| {r['batch']} | {r['cpu_seconds']:.3f} | {r['images_per_cpu_s']:.2f} | "
+            f"{r['evals_per_cpu_s']:.1f} | {r['sampler_overhead']:.1%} | {r['images_per_s']:.2f} |"
         )
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))

@@ -28,6 +28,7 @@ below 1 means difforge is faster or smaller.
     python scripts/bench_unet.py                             # small and base
     python scripts/bench_unet.py --sizes small --compile     # adds torch.compile (minutes)
     python scripts/bench_unet.py --profile                   # top ops of each, fp32 train step
+    python scripts/bench_unet.py --sizes small --patch-attention   # the proposed attention fix
     python scripts/bench_unet.py --quick                     # seconds: tiny preset, batch 4
 """
 
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from difforge.nets.unet import UNet
+from difforge.nets.unet import AttentionBlock, UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 # size -> (channels, image size) of the benchmark data, and default batch / repeats / steps.
@@ -134,6 +135,20 @@ def build_diffusers(cfg: dict[str, Any]) -> nn.Module:
         resnet_time_scale_shift="scale_shift" if cfg["scale_shift_norm"] else "default",
         downsample_type="conv" if cfg["resample_with_conv"] else "avg",
     )
+
+
+def attention_forward_last_dim_contiguous(self: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """The proposed fix of ``AttentionBlock.forward`` (``--patch-attention``): the same maths,
+    with q/k/v made contiguous in the head dimension, so that ``scaled_dot_product_attention``
+    can take its flash kernel (on the CPU it falls back to the math kernel, which materialises
+    the attention matrix, when the last dimension is strided, as for contiguous activations)."""
+    b, c, hh, ww = x.shape
+    heads = self.num_heads
+    qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).contiguous()  # (B, HW, 3C)
+    q, k, v = qkv.view(b, hh * ww, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    h = F.scaled_dot_product_attention(q, k, v)
+    h = h.transpose(1, 2).reshape(b, hh, ww, c).permute(0, 3, 1, 2)
+    return x + self.proj(h)
 
 
 def num_params(module: nn.Module) -> int:
@@ -397,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)"
     )
+    parser.add_argument(
+        "--patch-attention",
+        action="store_true",
+        help="run difforge with the proposed AttentionBlock layout fix (see the function)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny preset, batch 4: seconds")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -404,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes = ["tiny"]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.patch_attention:
+        AttentionBlock.forward = attention_forward_last_dim_contiguous  # type: ignore[method-assign]
+        print("difforge AttentionBlock.forward patched: q/k/v contiguous in the head dimension")
     peers = not args.no_diffusers
     if peers:
         try:

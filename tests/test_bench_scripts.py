@@ -187,6 +187,22 @@ def test_diffusers_unet_matches_difforge_parameters(size: str, params: int) -> N
     assert bench.num_params(bench.build_diffusers(cfg)) == params
 
 
+def test_bench_unet_attention_patch_is_the_same_function() -> None:
+    import torch
+
+    from difforge.nets.unet import AttentionBlock
+
+    bench = load_script("bench_unet.py")
+    torch.manual_seed(0)
+    block = AttentionBlock(64, 4)
+    torch.nn.init.normal_(block.proj.weight)  # zero-initialised: make the attention visible
+    x = torch.randn(3, 64, 4, 4)
+    with torch.no_grad():
+        expected = block(x)
+        got = bench.attention_forward_last_dim_contiguous(block, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 # --- overhead, throughput, GPU -----------------------------------------------------------------
 
 

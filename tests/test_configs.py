@@ -122,3 +122,12 @@ def test_slurm_launcher_config_composes_with_ddp_settings():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
+
+
+def test_images_are_sampled_with_clipped_estimates_and_vectors_without():
+    from difforge.diffusion.parameterization import ClippedDenoiser
+
+    image_module = build_module(compose_train(), (1, 8, 8))
+    vector_module = build_module(compose_train("data=gmm1d", "model=mlp"), (1,))
+    assert isinstance(image_module.sampling_denoiser(), ClippedDenoiser)
+    assert not isinstance(vector_module.sampling_denoiser(), ClippedDenoiser)

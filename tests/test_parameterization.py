@@ -93,3 +93,14 @@ def test_oracle_denoiser_matches_tweedie_by_autograd(gmm1d, oracle1d):
 def test_bad_sigma_data_is_refused():
     with pytest.raises(ValueError, match="sigma_data must be > 0, got -1"):
         EDMParameterization(-1)
+
+
+def test_clipped_denoiser_clamps_estimates_and_keeps_the_variance_output(oracle1d):
+    from difforge.diffusion.parameterization import ClippedDenoiser
+
+    x = torch.linspace(-6, 6, 13, dtype=torch.float64)[:, None]
+    clipped = ClippedDenoiser(oracle1d)(x, torch.full((13,), 0.1, dtype=torch.float64))
+    assert clipped.min() == -1 and clipped.max() == 1
+    torch.testing.assert_close(
+        clipped, oracle1d(x, torch.full((13,), 0.1, dtype=torch.float64)).clamp(-1, 1)
+    )

@@ -195,3 +195,29 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return self.predict(x, sigma, class_labels).x0
+
+
+class ClippedDenoiser(nn.Module):
+    """Clamps the denoised estimate to the data range while sampling: "static thresholding"
+    (Ho et al. 2020's ``clip_denoised``; Saharia et al. 2022, sec. 2.3).
+
+    Needed for eps-prediction at the top of schedules whose last abar_T is tiny (cosine: sigma_T
+    of about 2e4), where x0 = x - sigma eps multiplies the network's error by sigma. Images only:
+    their range is known.
+    """
+
+    def __init__(self, denoiser: nn.Module, low: float = -1.0, high: float = 1.0) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.low, self.high = low, high
+        self.learned_variance = bool(getattr(denoiser, "learned_variance", False))
+        self.num_classes = int(getattr(denoiser, "num_classes", 0))
+
+    def predict(
+        self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None
+    ) -> NetworkOutput:
+        output = self.denoiser.predict(x, sigma, class_labels)  # type: ignore[operator]
+        return output._replace(x0=output.x0.clamp(self.low, self.high))
+
+    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        return self.denoiser(x, sigma, class_labels).clamp(self.low, self.high)

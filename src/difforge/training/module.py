@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from difforge.diffusion.guidance import ClassifierFreeGuidance
-from difforge.diffusion.parameterization import Denoiser, Parameterization
+from difforge.diffusion.parameterization import ClippedDenoiser, Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
 from difforge.training.ema import EMA
@@ -53,6 +53,8 @@ class DiffusionModule(L.LightningModule):
         channels_last: keep image tensors in channels-last memory format.
         max_nonfinite_skips: steps with a non-finite loss or gradient to skip (with a warning)
             before stopping; 0 stops at the first.
+        clip_denoised: clamp denoised estimates to [-1, 1] while sampling (static thresholding);
+            None: on for images, off for vector data.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class DiffusionModule(L.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         max_nonfinite_skips: int = 0,
+        clip_denoised: bool | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -90,6 +93,9 @@ class DiffusionModule(L.LightningModule):
                 f"learned variance, but model.learned_variance={net_has_variance} (use loss=hybrid with learned variance)"
             )
         self.data_shape = tuple(int(d) for d in data_shape)
+        self.clip_denoised = (
+            len(self.data_shape) == 3 if clip_denoised is None else bool(clip_denoised)
+        )
         self.channels_last = bool(channels_last) and len(self.data_shape) == 3
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -284,9 +290,11 @@ class DiffusionModule(L.LightningModule):
 
     # --- sampling -----------------------------------------------------------------------------
     def sampling_denoiser(self, use_ema: bool = True) -> nn.Module:
-        denoiser = self.ema_denoiser if use_ema else self.denoiser
+        denoiser: nn.Module = self.ema_denoiser if use_ema else self.denoiser
         if self.num_classes > 0 and self.guidance_scale != 1.0:
-            return ClassifierFreeGuidance(denoiser, self.guidance_scale)
+            denoiser = ClassifierFreeGuidance(denoiser, self.guidance_scale)
+        if self.clip_denoised:
+            denoiser = ClippedDenoiser(denoiser)
         return denoiser
 
     @torch.no_grad()
