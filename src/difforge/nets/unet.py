@@ -109,8 +109,11 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hh, ww = x.shape
         heads = self.num_heads
-        qkv = self.qkv(self.norm(x)).flatten(2)  # (B, 3C, HW)
-        qkv = qkv.view(b, 3, heads, c // heads, hh * ww).permute(1, 0, 2, 4, 3)
+        # (B, 3C, HW) -> (B, HW, 3C) with unit-stride channels (a no-op for channels_last input),
+        # so that SDPA's CPU flash kernel applies instead of the math kernel, which materialises
+        # the full attention matrix.
+        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).contiguous()
+        qkv = qkv.view(b, hh * ww, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, HW, head_dim)
         h = F.scaled_dot_product_attention(q, k, v)
         # (B, heads, HW, d) -> (B, HW, heads, d) -> (B, H, W, C) -> (B, C, H, W) [NHWC strides]
