@@ -93,6 +93,8 @@ class DiscreteSchedule(NoiseSchedule):
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        # Python floats: reading them inside a compiled function causes no graph break.
+        self._sigma_min, self._sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
         self._log_sigmas_by_device: dict[torch.device, Tensor] = {}
 
     @property
@@ -101,11 +103,11 @@ class DiscreteSchedule(NoiseSchedule):
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigmas[0])
+        return self._sigma_min
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
+        return self._sigma_max
 
     def sample_training_timesteps(
         self, batch_size: int, generator: torch.Generator | None = None
