@@ -48,7 +48,6 @@ import io
 import json
 import logging
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -269,22 +268,11 @@ def summarise_profile(profiler: cProfile.Profile, steps: int, top: int) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     import lightning
 
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
+    from difforge.machine import machine_info as difforge_machine_info
+
+    return difforge_machine_info(lightning=lightning.__version__)
 
 
 def quiet_lightning() -> None:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -62,6 +61,7 @@ import torch
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
 from difforge.diffusion.samplers import ALGORITHMS, CountingDenoiser, Sampler
 from difforge.diffusion.schedules import LinearSchedule
+from difforge.machine import machine_info
 from difforge.metrics.mixture import mode_mass, true_mode_mass, wasserstein1_1d
 
 FAMILIES = ("ddpm", "ddim", "euler", "heun", "dpmpp_2m")
@@ -366,26 +366,6 @@ def config_label(config: dict[str, Any]) -> str:
     if config.get("use_karras_sigmas"):
         label += "+karras"
     return label
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
 
 
 def fmt(value: float) -> str:

@@ -23,10 +23,7 @@ interleaved at the same batch size (medians over repeats).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +36,7 @@ import yaml
 from difforge.diffusion.parameterization import Denoiser, EpsParameterization
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import CosineSchedule, LinearSchedule
+from difforge.machine import machine_info
 from difforge.nets.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,22 +146,6 @@ def measure(
                 }
             )
     return rows
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

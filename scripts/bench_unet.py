@@ -38,8 +38,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -52,6 +50,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from difforge.machine import machine_info as difforge_machine_info
 from difforge.nets.unet import AttentionBlock, UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,20 +336,7 @@ def run_variant(
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-    }
+    return difforge_machine_info(cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 
 def print_table(results: list[dict[str, Any]], peers: bool, clock: str) -> None:
