@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from difforge.cli.common import output_dir, print_config
 from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
-from difforge.diffusion.samplers import Sampler
+from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import EDMSchedule
 from difforge.errors import DifforgeError
 from difforge.plotting import save_samples_figure, to_uint8_images
@@ -58,8 +58,9 @@ class OracleSampling:
             )
             for start in range(0, num_samples, batch_size)
         ]
-        results[0].samples = torch.cat([r.samples for r in results])
-        return results[0]
+        return SampleResult(
+            torch.cat([r.samples for r in results]), results[0].nfe, results[0].sigmas
+        )
 
 
 def load_model(

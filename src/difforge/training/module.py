@@ -217,15 +217,12 @@ class DiffusionModule(L.LightningModule):
         # fp16 mixed precision: the gradient scaler skips overflowing steps itself.
         if "16-mixed" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision):
             return
-        grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
-        if (
-            grads
-            and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads])).all()
-        ):
+        grads = [p.grad.detach() for p in self.denoiser.parameters() if p.grad is not None]
+        # One fused call: a NaN/Inf anywhere makes its tensor's norm non-finite.
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
             self._skip_or_stop("non-finite gradients")
-            optimizer.zero_grad(
-                set_to_none=True
-            )  # a skipped step: AdamW leaves parameters without gradients untouched
+            # A skipped step: AdamW leaves parameters without gradients untouched.
+            optimizer.zero_grad(set_to_none=True)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
