@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import diffusers
         except ImportError:
-            print("diffusers is not installed (requirements-bench.txt): difforge only")
+            print("diffusers is not installed (see requirements.txt): difforge only")
             use_diffusers = False
         else:
             diffusers.utils.logging.set_verbosity_error()

@@ -116,7 +116,7 @@ def evaluate_trained(
                 samples,
                 datamodule,
                 seed=cfg.seed,
-                cache_dir=f"{cfg.paths.data_dir}/fid_stats",
+                cache_dir=f"{cfg.paths.cache_dir}/fid_stats",
                 classifier_dir=f"{cfg.paths.data_dir}/classifiers",
                 inception_weights=OmegaConf.select(cfg, "metrics.inception_weights"),
             )
