@@ -13,7 +13,11 @@ import torch
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
 from difforge.diffusion.samplers.common import noise_like
 from difforge.diffusion.samplers.ddim import sample_ddim
-from difforge.diffusion.samplers.deis import check_deis_options, sample_deis
+from difforge.diffusion.samplers.deis import (
+    check_deis_options,
+    lagrange_exp_integrals,
+    sample_deis,
+)
 from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
 from difforge.diffusion.samplers.dpmpp_2m_sde import check_dpmpp_2m_sde_options, sample_dpmpp_2m_sde
 from difforge.diffusion.samplers.dpmpp_2s_ancestral import (
@@ -206,6 +210,21 @@ def test_bad_option_values_are_refused(check, options, match):
         check(**options)
 
 
+@pytest.mark.parametrize("nodes", [[0.0], [0.0, 0.3], [0.0, 0.25, 0.7]])
+def test_deis_coefficients_integrate_polynomials_exactly(nodes):
+    """sum_k c_k P(v_k) = int_0^end e^v P(v) dv for every polynomial P of degree < len(nodes)."""
+    end = -0.4
+    coefficients = lagrange_exp_integrals(nodes, end)
+    exact = {  # int_0^end e^v v^j dv
+        0: math.expm1(end),
+        1: math.exp(end) * (end - 1) + 1,
+        2: math.exp(end) * (end**2 - 2 * end + 2) - 2,
+    }
+    for degree in range(len(nodes)):
+        quadrature = sum(c * v**degree for c, v in zip(coefficients, nodes, strict=True))
+        assert quadrature == pytest.approx(exact[degree], rel=1e-12, abs=1e-15)
+
+
 def test_few_steps_lower_the_order_instead_of_failing(oracle1d):
     x = torch.full((3, 1), 80.0, dtype=torch.float64)
     for steps in (1, 2):
@@ -367,3 +386,41 @@ def test_dpmpp_2m_sde_follows_diffusers_on_the_same_noise(
         generator=torch.Generator().manual_seed(5),
         noises=noises,
     )
+
+
+# Two disagreements with diffusers 0.42 that are diffusers' bugs; strict, so a fixed diffusers
+# shows up as a failure here (then the expectation becomes a plain comparison above).
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="diffusers' third-order sde-dpmsolver++ weights D2 by -(phi_3(2h) + 1), not -phi_3(2h)",
+)
+def test_dpmpp_3m_sde_follows_diffusers_without_noise(oracle1d):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        **LINEAR_BETAS, solver_order=3, algorithm_type="sde-dpmsolver++", final_sigmas_type="zero"
+    )
+    z = torch.zeros(200, 1, dtype=torch.float64)
+    _compare_with_diffusers(
+        scheduler,
+        20,
+        sample_dpmpp_3m_sde,
+        {"s_noise": 0.0},
+        oracle1d,
+        FLOAT32_TOLERANCE,
+        noises=[z] * 20,
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="diffusers' UniPC bh1 computes B(h) * 0 = -inf * 0 at a final sigma of 0",
+)
+def test_unipc_bh1_to_sigma_zero_follows_diffusers(oracle1d):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.UniPCMultistepScheduler(
+        **LINEAR_BETAS, solver_order=2, solver_type="bh1", final_sigmas_type="zero"
+    )
+    options = {"order": 2, "solver_type": "bh1"}
+    _compare_with_diffusers(scheduler, 10, sample_unipc, options, oracle1d, FLOAT64_TOLERANCE)

@@ -1,6 +1,7 @@
-"""DEIS: the multistep exponential integrator of the probability-flow ODE in the time variable
+"""DEIS: the multistep exponential integrator of the probability-flow ODE in the rescaled time
 rho = sigma_vp / alpha (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
-Integrator", sec. 4, "rho AB-DEIS"), as diffusers' DEISMultistepScheduler(algorithm_type="deis").
+Integrator", AB-DEIS: the noise prediction extrapolated by a polynomial through its last values),
+as diffusers' DEISMultistepScheduler(algorithm_type="deis"), whose polynomial is in log rho.
 
 In rho the ODE is dx/drho = eps(x, rho) with x in the VE frame and rho = sigma (so any sigma grid
 works as it is). Step i integrates the Lagrange polynomial in log rho through the last p noise
