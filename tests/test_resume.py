@@ -75,8 +75,18 @@ def test_deterministic_runs_are_bitwise_identical(straight_run, tmp_path):
     assert_same_training_state(final_state(tmp_path), straight_run)
 
 
-def test_stopped_and_resumed_equals_straight_through(straight_run, tmp_path):
-    train(tmp_path, 6)
+@pytest.mark.parametrize(
+    "stop_at,cadence",
+    [
+        (6, 4),  # mid-epoch, after a periodic checkpoint
+        (6, 1000),  # mid-epoch, before the first periodic checkpoint
+        (12, 1000),  # at the end of the first epoch
+    ],
+)
+def test_stopped_and_resumed_equals_straight_through(straight_run, tmp_path, stop_at, cadence):
+    """Whatever the checkpoint cadence and wherever in an epoch the first segment stops, the
+    extended run ends bitwise equal to the straight one."""
+    train(tmp_path, stop_at, f"callbacks.model_checkpoint.every_n_train_steps={cadence}")
     resume_to_the_end(tmp_path, straight_run)
 
 
