@@ -162,11 +162,5 @@ class GaussianMixtureOracle(torch.nn.Module):
         super().__init__()
         self.mixture = mixture
 
-    @classmethod
-    def from_config(
-        cls, weights: Sequence[float], means: Sequence, stds: Sequence
-    ) -> GaussianMixtureOracle:
-        return cls(GaussianMixture(weights, means, stds))
-
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return self.mixture.denoise(x, sigma)
