@@ -161,3 +161,32 @@ def test_eval_honours_class_label(conditional_hybrid, tmp_path):
     component = evaluate(conditional_hybrid, tmp_path / "two", "class_label=2")
     assert component["class_label"] == 2 and "class_label" not in everything
     assert component["w1"] != everything["w1"]
+
+
+# --- 4. the forward process ends in noise for any T -------------------------------------------
+def test_a_short_linear_schedule_ends_in_noise(tmp_path):
+    """Before: T = 100 kept DDPM's betas, abar_T = 0.36, and even the exact denoiser had W1 0.99
+    on gmm1d. Now the betas scale with 1000 / T; unscaled ones are reported with abar_T."""
+    common = (
+        "model=gmm_oracle",
+        "data=gmm1d",
+        "schedule=linear",
+        "schedule.num_timesteps=100",
+        "sampler=ddpm",
+        "sampler.steps=100",
+        "num_samples=4000",
+        "nll.enabled=false",
+    )
+    result = run_cli("eval", *common, f"hydra.run.dir={tmp_path / 'scaled'}")
+    assert_ok(result)
+    assert "abar_T" not in result.stderr
+    assert json.loads((tmp_path / "scaled" / "metrics.json").read_text())["w1"] < 0.1
+    result = run_cli(
+        "eval",
+        *common,
+        "schedule.scale_to_num_timesteps=false",
+        f"hydra.run.dir={tmp_path / 'unscaled'}",
+    )
+    assert_ok(result)
+    assert "abar_T = 0.3" in result.stderr
+    assert json.loads((tmp_path / "unscaled" / "metrics.json").read_text())["w1"] > 0.5

@@ -20,11 +20,29 @@ the network the (fractional) timestep index as DDPM does.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021, sec. 3.2: clip betas to avoid singularities near t = T
+
+
+# q(x_T) keeps sqrt(abar_T) of the data; sampling starts from N(0, I) regardless, so a larger
+# abar_T shifts every sample (lesson 3 of docs/guide.md: abar_T = 0.36 gives the exact denoiser a
+# W1 of about 1 on gmm1d). 1e-3 leaves 3% of the data's scale.
+MAX_TERMINAL_ALPHA_BAR = 1e-3
+
+
+def check_terminal_noise(name: str, alpha_bar_T: float) -> None:
+    """Warn, with the value, when a schedule's forward process does not end in noise."""
+    if alpha_bar_T > MAX_TERMINAL_ALPHA_BAR:
+        warnings.warn(
+            f"schedule {name}: abar_T = {alpha_bar_T:.4g} > {MAX_TERMINAL_ALPHA_BAR:g}, so q(x_T) still "
+            f"holds sqrt(abar_T) = {math.sqrt(alpha_bar_T):.3g} of the data and sampling from N(0, I) "
+            "is biased; use more timesteps or a larger beta_end/sigma_max",
+            stacklevel=3,
+        )
 
 
 def _check_num_timesteps(num_timesteps: int) -> None:
@@ -95,6 +113,7 @@ class DiscreteSchedule(NoiseSchedule):
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
         # Python floats: reading them inside a compiled function causes no graph break.
         self._sigma_min, self._sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
+        check_terminal_noise(self.name, float(self.alphas_cumprod[-1]))
         self._log_sigmas_by_device: dict[torch.device, Tensor] = {}
 
     @property
@@ -156,19 +175,32 @@ class DiscreteSchedule(NoiseSchedule):
 
 
 class LinearSchedule(DiscreteSchedule):
-    """Ho et al. 2020, sec. 4: betas linear from ``beta_start`` to ``beta_end`` over T steps."""
+    """Ho et al. 2020, sec. 4: betas linear from ``beta_start`` to ``beta_end``, given for
+    T = 1000 and scaled by 1000 / T (Nichol & Dhariwal 2021, improved-diffusion's
+    ``get_named_beta_schedule``), so that abar_T is about the same, near 0, for every T. Betas are
+    clipped at 0.999 (T <= 20). ``scale_to_num_timesteps=False`` keeps the given betas for any T
+    (lesson 3 of docs/guide.md: a forward process that stops short of noise).
+    """
 
     name = "linear"
 
     def __init__(
-        self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+        self,
+        num_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        scale_to_num_timesteps: bool = True,
     ) -> None:
         _check_num_timesteps(num_timesteps)
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(
                 f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
             )
-        super().__init__(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64))
+        scale = 1000 / num_timesteps if scale_to_num_timesteps else 1.0
+        betas = torch.linspace(
+            scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64
+        )
+        super().__init__(betas.clamp(max=MAX_BETA))
 
 
 def _betas_from_alphas_cumprod(abar: Tensor, max_beta: float) -> Tensor:
