@@ -106,3 +106,10 @@ def test_a_schedule_that_does_not_end_in_noise_is_reported_with_its_value():
     expected = float(torch.prod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)))
     with pytest.warns(UserWarning, match=rf"abar_T = {expected:.4g} > 0.001"):
         LinearSchedule(100, scale_to_num_timesteps=False)
+
+
+def test_a_continuous_schedule_reports_a_small_sigma_max():
+    from difforge.diffusion.schedules import EDMSchedule
+
+    with pytest.warns(UserWarning, match=r"schedule edm: abar_T = 0.01 > 0.001"):
+        EDMSchedule(sigma_max=float(99**0.5))

@@ -286,6 +286,7 @@ class EDMSchedule(NoiseSchedule):
             )
         self._sigma_min = float(sigma_min)
         self._sigma_max = float(sigma_max)
+        check_terminal_noise(self.name, 1 / (1 + self._sigma_max**2))
         self.rho = float(rho)
         self.P_mean = float(P_mean)
         self.P_std = float(P_std)
