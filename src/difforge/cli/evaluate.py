@@ -13,7 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from difforge.cli.common import output_dir, print_config
 from difforge.cli.sample import load_model, pick_device, sampling_labels
 from difforge.diffusion.gaussian_mixture import GaussianMixture
-from difforge.diffusion.likelihood import bits_per_dim, ode_log_likelihood, vlb_bits_per_dim
+from difforge.diffusion.likelihood import (
+    bits_per_dim,
+    dequantize,
+    ode_log_likelihood,
+    vlb_bits_per_dim,
+)
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import DiscreteSchedule
 from difforge.errors import DifforgeError
@@ -49,6 +54,9 @@ def likelihood_metrics(
             denoiser, schedule, x, variance=variance, discretized=is_image, generator=generator
         )
         return {"nll_bpd_vlb": float(bound["total"].mean())}
+    if is_image:
+        # 8-bit pixels: the ODE density of dequantised points, not of the bin centres.
+        x = dequantize(x, generator=generator)
     with torch.no_grad():
         log_prob = ode_log_likelihood(
             denoiser,

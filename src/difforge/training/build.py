@@ -72,8 +72,21 @@ def class_dropout_for(module_cfg: DictConfig, num_classes: int) -> float:
     return float(value)
 
 
+def check_one_sigma_data(cfg: DictConfig) -> None:
+    """EDM's sigma_data is one number: the schedule, parameterization and loss must agree."""
+    values = {
+        f"{group}.sigma_data": cfg[group].sigma_data
+        for group in ("schedule", "parameterization", "loss")
+        if cfg.get(group) is not None and "sigma_data" in cfg[group]
+    }
+    if len(set(values.values())) > 1:
+        given = ", ".join(f"{key}={value}" for key, value in values.items())
+        raise ValueError(f"sigma_data must be one value, set once with sigma_data=...; got {given}")
+
+
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
     check_model_config_fits_data(cfg.model, data_shape)
+    check_one_sigma_data(cfg)
     net = instantiate(cfg.model)
     check_network_fits_data(net, data_shape)
     if cfg.module.get("channels_last") and len(data_shape) != 3:
