@@ -190,3 +190,21 @@ def test_a_short_linear_schedule_ends_in_noise(tmp_path):
     assert_ok(result)
     assert "abar_T = 0.3" in result.stderr
     assert json.loads((tmp_path / "unscaled" / "metrics.json").read_text())["w1"] > 0.5
+
+
+# --- 6. documented pairings ---------------------------------------------------------------------
+def test_the_exact_model_of_gmm2d_samples(tmp_path):
+    """Before: ``TypeError('must be real number, not NoneType')``: the oracle read data.weights,
+    null for the ring layout, instead of the data module's mixture. (Every documented command
+    runs in tests/test_docs_commands.py, marked slow.)"""
+    result = run_cli(
+        "sample",
+        "model=gmm_oracle",
+        "data=gmm2d",
+        "sampler=heun",
+        "sampler.steps=5",
+        "num_samples=50",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert_ok(result)
+    assert np.load(tmp_path / "samples.npz")["arr_0"].shape == (50, 2)
