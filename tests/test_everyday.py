@@ -208,3 +208,65 @@ def test_the_exact_model_of_gmm2d_samples(tmp_path):
     )
     assert_ok(result)
     assert np.load(tmp_path / "samples.npz")["arr_0"].shape == (50, 2)
+
+
+# --- 7. sweeps of short runs ----------------------------------------------------------------
+def test_a_run_shorter_than_an_epoch_returns_its_optimized_metric(tmp_path):
+    """Before: a run that ended before its first validation returned None (Optuna: "Return value
+    must be float-castable"), and warned "val/fid was not logged" even with FID off."""
+    result = run_cli(
+        "train", *GMM_QUICK, "experiment=gmm1d", "trainer.max_steps=3", f"hydra.run.dir={tmp_path}"
+    )
+    assert_ok(result)
+    assert "val/fid was not logged" not in result.stdout + result.stderr
+    summary = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert summary["global_step"] == 3 and np.isfinite(summary["metrics"]["val/loss"])
+    result = run_cli(
+        "train",
+        *GMM_QUICK,
+        "experiment=gmm1d",
+        "trainer.max_steps=3",
+        "optimized_metric=val/fid",
+        f"hydra.run.dir={tmp_path / 'fid'}",
+    )
+    assert_clean_error(result, "optimized_metric=val/fid was not logged by this run", "val/loss")
+
+
+def test_summarize_sweep_refuses_a_metric_no_run_logged(tmp_path):
+    """Before: an empty summary.png when val/loss was never logged."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    job = tmp_path / "0"
+    job.mkdir()
+    summary = {"metrics": {"train/loss": 1.0}, "choices": {"schedule": "linear"}, "global_step": 3}
+    (job / "final_metrics.json").write_text(json.dumps(summary))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "no run of" in result.stderr and "val/loss" in result.stderr
+    assert not (tmp_path / "summary.png").exists()
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_of_short_runs_completes(tmp_path):
+    """The issue's command: every trial failed and the sweep ended in a raw ValueError."""
+    result = run_cli(
+        "train",
+        "-m",
+        *GMM_QUICK,
+        "experiment=gmm1d",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_steps=10",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert_ok(result)
+    assert (
+        "Best value" in result.stdout + result.stderr
+        or (tmp_path / "optimization_results.yaml").is_file()
+    )

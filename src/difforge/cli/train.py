@@ -246,10 +246,32 @@ def train(cfg: DictConfig) -> float | None:
             return None
     if cfg.get("test", False):
         trainer.test(module, datamodule=datamodule)
+    value = optimized_value(trainer, module, datamodule, cfg)
     write_final_metrics(trainer, cfg)
     log.info("run directory: %s", output_dir())
-    value = trainer.callback_metrics.get(cfg.get("optimized_metric", "val/loss"))
-    return None if value is None else float(value)
+    return value
+
+
+def optimized_value(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    cfg: DictConfig,
+) -> float | None:
+    """The value of ``optimized_metric`` at the end of the run, for sweepers. A run that ended
+    before its first validation (shorter than an epoch) validates once now."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    if name not in trainer.callback_metrics and cfg.get("train", True):
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    if name not in trainer.callback_metrics:
+        logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+        raise DifforgeError(
+            f"optimized_metric={name} was not logged by this run (logged: {logged}); "
+            "choose one of those (val/fid needs image data and callbacks.fid)"
+        )
+    return float(trainer.callback_metrics[name])
 
 
 def write_final_metrics(trainer: L.Trainer, cfg: DictConfig) -> None:
