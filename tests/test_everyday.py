@@ -270,3 +270,40 @@ def test_an_optuna_sweep_of_short_runs_completes(tmp_path):
         "Best value" in result.stdout + result.stderr
         or (tmp_path / "optimization_results.yaml").is_file()
     )
+
+
+# --- 8. launch --------------------------------------------------------------------------------
+def test_several_cpu_processes_are_announced_before_they_start(tmp_path):
+    """Before: ``trainer.devices=4`` without GPUs silently started four CPU processes."""
+    result = run_cli(
+        "train",
+        *GMM_QUICK,
+        "experiment=gmm1d",
+        "trainer.accelerator=auto",
+        "trainer.devices=2",
+        "train=false",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert_ok(result)
+    assert "2 training processes will share" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("devices", ["2", "auto"])
+def test_a_basic_multirun_is_guarded_on_the_resolved_device_count(devices, tmp_path):
+    """The guard reads the process count Lightning resolved (here: 2 CPU processes are refused,
+    ``auto`` on a CPU is one process and runs). ``-1``/``auto`` on a multi-GPU machine resolve to
+    the GPU count and are refused the same way."""
+    result = run_cli(
+        "train",
+        "-m",
+        *GMM_QUICK,
+        "experiment=gmm1d",
+        "trainer.accelerator=cpu",
+        f"trainer.devices={devices}",
+        "trainer.max_steps=2",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    if devices == "2":
+        assert_clean_error(result, "re-launch the whole sweep", "(2 processes per run)")
+    else:
+        assert_ok(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -157,21 +158,30 @@ def write_run_file(cfg: DictConfig) -> None:
     (output_dir() / RUN_FILE).write_text(json.dumps(record, indent=2))
 
 
-def refuse_ddp_in_basic_multirun(cfg: DictConfig) -> None:
-    """Under ``-m`` with Hydra's basic launcher, DDP's extra ranks re-run the whole sweep."""
+def check_launch(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Before any process starts, on the devices Lightning resolved (``4``, ``-1``, ``auto``...):
+    refuse several processes per job in a multirun under Hydra's basic launcher (DDP's extra
+    ranks would re-run the whole sweep), and announce several processes on the CPU."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    processes = trainer.num_devices * trainer.num_nodes
+    devices = cfg.trainer.get("devices")
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return
-    devices = cfg.trainer.get("devices", 1)
-    many = (isinstance(devices, int) and devices > 1) or (
-        not isinstance(devices, int) and str(devices) not in ("1", "auto")
-    )
     launcher = hydra_cfg.runtime.choices.get("hydra/launcher", "basic")
-    if many and launcher == "basic":
+    if hydra_cfg.mode == RunMode.MULTIRUN and processes > 1 and launcher == "basic":
         raise DifforgeError(
-            f"a multirun (-m) with trainer.devices={devices} under Hydra's basic launcher would re-launch the "
-            "whole sweep in every DDP rank; use hydra/launcher=submitit_local or submitit_slurm (one job per run), "
-            "or trainer.devices=1"
+            f"a multirun (-m) with trainer.devices={devices} ({processes} processes per run) under Hydra's "
+            "basic launcher would re-launch the whole sweep in every DDP rank; use "
+            "hydra/launcher=submitit_local or submitit_slurm (one job per run), or trainer.devices=1"
+        )
+    if processes > 1 and isinstance(trainer.accelerator, CPUAccelerator):
+        log.warning(
+            "trainer.devices=%s on the CPU (%s): %d training processes will share %d CPU cores; "
+            "trainer.devices=1 trains in one process",
+            devices,
+            "no GPU found" if cfg.trainer.get("accelerator") == "auto" else "accelerator=cpu",
+            processes,
+            os.cpu_count() or 1,
         )
 
 
@@ -200,7 +210,6 @@ def train(cfg: DictConfig) -> float | None:
         cfg = resumed_config(cfg, ckpt_path)
     print_config(cfg)
     check_trainer_config(cfg.trainer)
-    refuse_ddp_in_basic_multirun(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     if not cfg.data.get("download", False):
@@ -209,6 +218,7 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_launch(trainer, cfg)
     batch = effective_batch_size(
         cfg.data.batch_size, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches
     )
@@ -261,9 +271,10 @@ def optimized_value(
     """The value of ``optimized_metric`` at the end of the run, for sweepers. A run that ended
     before its first validation (shorter than an epoch) validates once now."""
     name = cfg.get("optimized_metric")
-    if name is None:
-        return None
-    if name not in trainer.callback_metrics and cfg.get("train", True):
+    if name is None or not cfg.get("train", True):
+        value = trainer.callback_metrics.get(name) if name else None
+        return None if value is None else float(value)
+    if name not in trainer.callback_metrics:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if name not in trainer.callback_metrics:
         logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
