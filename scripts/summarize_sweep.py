@@ -94,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     metrics = sorted(
         {m for run in runs for m in run["metrics"] if m.startswith(("val/", "train/loss"))}
     )
+    if not any(args.metric in run["metrics"] for run in runs):
+        print(
+            f"error: no run of {args.sweep_dir} logged {args.metric} (logged: {', '.join(metrics) or 'none'}); "
+            "choose one with --metric",
+            file=sys.stderr,
+        )
+        return 1
     table = markdown_table(runs, varying_choices(runs), metrics)
     print(table)
     (args.sweep_dir / "summary.md").write_text(table + "\n")

@@ -34,7 +34,7 @@ predictions (x0, eps, v, score) live here too.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -206,6 +206,8 @@ class Denoiser(nn.Module):
                 "(Lin et al. 2024, sec. 3.2)"
             )
 
+    evals_per_call = 1  # network evaluations per sample in one call
+
     @property
     def learned_variance(self) -> bool:
         return bool(getattr(self.net, "learned_variance", False))
@@ -236,7 +238,47 @@ class Denoiser(nn.Module):
         return self.predict(x, sigma, class_labels).x0
 
 
-class ClippedDenoiser(nn.Module):
+class DenoiserWrapper(nn.Module):
+    """Base of the modules that wrap a denoiser (guidance, clipping): forwards the whole denoiser
+    interface (``predict``, ``learned_variance``, ``num_classes``, ``evals_per_call``), so a
+    subclass changes only what it changes, by overriding ``predict``; calling it returns
+    ``predict(...).x0``.
+
+    ``denoiser``: a ``Denoiser``, another wrapper, or any ``denoiser(x, sigma, class_labels)``
+    module (an exact oracle), whose output then stands for both ``x0`` and ``raw``.
+    """
+
+    def __init__(self, denoiser: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    @property
+    def learned_variance(self) -> bool:
+        return bool(getattr(self.denoiser, "learned_variance", False))
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.denoiser, "num_classes", 0))
+
+    @property
+    def evals_per_call(self) -> int:
+        """Network evaluations per sample in one call (2 when guidance runs both halves)."""
+        return int(getattr(self.denoiser, "evals_per_call", 1))
+
+    def predict(
+        self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None
+    ) -> NetworkOutput:
+        predict = getattr(self.denoiser, "predict", None)
+        if predict is not None:
+            return cast(NetworkOutput, predict(x, sigma, class_labels))
+        x0 = self.denoiser(x, sigma, class_labels)
+        return NetworkOutput(x0, x0, None)
+
+    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        return self.predict(x, sigma, class_labels).x0
+
+
+class ClippedDenoiser(DenoiserWrapper):
     """Clamps the denoised estimate to the data range while sampling: "static thresholding"
     (Ho et al. 2020's ``clip_denoised``; Saharia et al. 2022, sec. 2.3).
 
@@ -246,17 +288,11 @@ class ClippedDenoiser(nn.Module):
     """
 
     def __init__(self, denoiser: nn.Module, low: float = -1.0, high: float = 1.0) -> None:
-        super().__init__()
-        self.denoiser = denoiser
+        super().__init__(denoiser)
         self.low, self.high = low, high
-        self.learned_variance = bool(getattr(denoiser, "learned_variance", False))
-        self.num_classes = int(getattr(denoiser, "num_classes", 0))
 
     def predict(
         self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None
     ) -> NetworkOutput:
-        output = self.denoiser.predict(x, sigma, class_labels)  # type: ignore[operator]
+        output = super().predict(x, sigma, class_labels)
         return output._replace(x0=output.x0.clamp(self.low, self.high))
-
-    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        return self.denoiser(x, sigma, class_labels).clamp(self.low, self.high)

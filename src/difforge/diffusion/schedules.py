@@ -20,11 +20,29 @@ the network the (fractional) timestep index as DDPM does.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021, sec. 3.2: clip betas to avoid singularities near t = T
+
+
+# q(x_T) keeps sqrt(abar_T) of the data; sampling starts from N(0, I) regardless, so a larger
+# abar_T shifts every sample (lesson 3 of docs/guide.md: abar_T = 0.36 gives the exact denoiser a
+# W1 of about 1 on gmm1d). 1e-3 leaves 3% of the data's scale.
+MAX_TERMINAL_ALPHA_BAR = 1e-3
+
+
+def check_terminal_noise(name: str, alpha_bar_T: float) -> None:
+    """Warn, with the value, when a schedule's forward process does not end in noise."""
+    if alpha_bar_T > MAX_TERMINAL_ALPHA_BAR:
+        warnings.warn(
+            f"schedule {name}: abar_T = {alpha_bar_T:.4g} > {MAX_TERMINAL_ALPHA_BAR:g}, so q(x_T) still "
+            f"holds sqrt(abar_T) = {math.sqrt(alpha_bar_T):.3g} of the data and sampling from N(0, I) "
+            "is biased; use more timesteps or a larger beta_end/sigma_max",
+            stacklevel=3,
+        )
 
 
 def _check_num_timesteps(num_timesteps: int) -> None:
@@ -136,6 +154,7 @@ class DiscreteSchedule(NoiseSchedule):
         self._sigma_min, self._sigma_max = float(self.sigmas[0]), float(self.sigmas[top_index])
         # The largest finite sigma of the table: noise labels are interpolated below it.
         self._sigma_finite_max = float(self.sigmas[torch.isfinite(self.sigmas)][-1])
+        check_terminal_noise(self.name, float(self.alphas_cumprod[-1]))
         self._log_sigmas_by_device: dict[torch.device, Tensor] = {}
 
     def prior_scale(self, sigma: float) -> float:
@@ -205,7 +224,12 @@ class DiscreteSchedule(NoiseSchedule):
 
 
 class LinearSchedule(DiscreteSchedule):
-    """Ho et al. 2020, sec. 4: betas linear from ``beta_start`` to ``beta_end`` over T steps."""
+    """Ho et al. 2020, sec. 4: betas linear from ``beta_start`` to ``beta_end``, given for
+    T = 1000 and scaled by 1000 / T (Nichol & Dhariwal 2021, improved-diffusion's
+    ``get_named_beta_schedule``), so that abar_T is about the same, near 0, for every T. Betas are
+    clipped at 0.999 (T <= 20). ``scale_to_num_timesteps=False`` keeps the given betas for any T
+    (lesson 3 of docs/guide.md: a forward process that stops short of noise).
+    """
 
     name = "linear"
 
@@ -214,6 +238,7 @@ class LinearSchedule(DiscreteSchedule):
         num_timesteps: int = 1000,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        scale_to_num_timesteps: bool = True,
         rescale_zero_terminal_snr: bool = False,
     ) -> None:
         _check_num_timesteps(num_timesteps)
@@ -221,8 +246,13 @@ class LinearSchedule(DiscreteSchedule):
             raise ValueError(
                 f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
             )
+        scale = 1000 / num_timesteps if scale_to_num_timesteps else 1.0
+        betas = torch.linspace(
+            scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64
+        )
         super().__init__(
-            torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64),
+            betas.clamp(max=MAX_BETA),
+            max_beta=MAX_BETA,
             rescale_zero_terminal_snr=rescale_zero_terminal_snr,
         )
 
@@ -332,6 +362,7 @@ class EDMSchedule(NoiseSchedule):
             )
         self._sigma_min = float(sigma_min)
         self._sigma_max = float(sigma_max)
+        check_terminal_noise(self.name, 1 / (1 + self._sigma_max**2))
         self.rho = float(rho)
         self.P_mean = float(P_mean)
         self.P_std = float(P_std)
