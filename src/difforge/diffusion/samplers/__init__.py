@@ -78,8 +78,9 @@ class Sampler:
         algorithm: one of ``ddpm``, ``ddim``, ``euler``, ``heun``, ``dpmpp_2m``.
         steps: number of steps (grid intervals); NFE equals steps except for ``heun``
             (2 steps - 1).
-        grid: ``discrete`` (the schedule's own timesteps, respaced) or ``karras`` (EDM eq. 5);
-            None picks the algorithm's default.
+        grid: ``discrete`` (the schedule's own timesteps, respaced), ``karras`` (EDM eq. 5) or
+            ``flow`` (t uniform, with the rectified-flow schedule's shift); None picks the
+            algorithm's default.
         sigma_min, sigma_max: grid range for ``karras``; None uses the schedule's (sigma_max capped
             at ``KARRAS_SIGMA_MAX``).
         rho: Karras grid exponent.
