@@ -22,7 +22,7 @@ from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
 from difforge.diffusion.samplers.euler import sample_euler
 from difforge.diffusion.samplers.heun import sample_heun
 from difforge.diffusion.schedules import NoiseSchedule
-from difforge.diffusion.sigma_grids import sigma_grid
+from difforge.diffusion.sigma_grids import GRIDS, sigma_grid
 
 ALGORITHMS: dict[str, Callable[..., Tensor]] = {
     "ddpm": sample_ddpm,
@@ -107,6 +107,8 @@ class Sampler:
         self.algorithm = algorithm
         self.steps = steps
         self.grid = grid or DEFAULT_GRIDS[algorithm]
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown sampler.grid {self.grid!r}; allowed: {', '.join(GRIDS)}")
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.rho = rho
