@@ -31,6 +31,8 @@ breaks (the eager-only class-label range check is skipped while compiling).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -178,20 +180,20 @@ class DiT(nn.Module):
         self._initialise()
 
     def _initialise(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
+        for linear in linears:
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
-        nn.init.zeros_(self.patch_embed.bias)
-        for layer in (self.time_mlp[0], self.time_mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
+        nn.init.zeros_(cast(torch.Tensor, self.patch_embed.bias))
+        for linear in (self.time_mlp[0], self.time_mlp[2]):
+            nn.init.normal_(cast(nn.Linear, linear).weight, std=0.02)
         if self.label_embed is not None:
             nn.init.normal_(self.label_embed.weight, std=0.02)
-        zeroed = [block.modulation for block in self.blocks]
-        for layer in (*zeroed, self.modulation_out, self.linear_out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        zeroed = [cast(DiTBlock, block).modulation for block in self.blocks]
+        for linear in (*zeroed, self.modulation_out, self.linear_out):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
 
     def _condition(
         self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None, batch: int
