@@ -181,13 +181,13 @@ class DiT(nn.Module):
 
     def _initialise(self) -> None:
         linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
-        for linear in linears:
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
+        for layer in linears:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
         nn.init.zeros_(cast(torch.Tensor, self.patch_embed.bias))
-        for linear in (self.time_mlp[0], self.time_mlp[2]):
-            nn.init.normal_(cast(nn.Linear, linear).weight, std=0.02)
+        for module in (self.time_mlp[0], self.time_mlp[2]):
+            nn.init.normal_(cast(nn.Linear, module).weight, std=0.02)
         if self.label_embed is not None:
             nn.init.normal_(self.label_embed.weight, std=0.02)
         zeroed = [cast(DiTBlock, block).modulation for block in self.blocks]
