@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -142,3 +146,27 @@ def test_dit_tiny_preset_fits_digits():
     net = DiT(**preset("dit_tiny", in_channels=1, image_size=8))
     assert math.isclose(sum(p.numel() for p in net.parameters()), 722_788)
     assert net(torch.randn(2, 1, 8, 8), torch.rand(2)).shape == (2, 1, 8, 8)
+
+
+def test_bench_dit_compares_with_diffusers_at_equal_architecture(tmp_path):
+    """The diffusers peer differs only by its per-block copies of the conditioning embedding
+    (timestep MLP and label table), and the script prints its tables."""
+    pytest.importorskip("diffusers")
+    script = ROOT / "scripts" / "bench_dit.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(tmp_path / "bench.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "command: python scripts/bench_dit.py --quick" in result.stdout
+    report = json.loads((tmp_path / "bench.json").read_text())
+    cfg = preset("dit_tiny")
+    h, depth, classes = cfg["hidden_size"], cfg["depth"], 10
+    per_block_embedding = (256 * h + h) + (h * h + h) + (classes + 1) * h
+    for run in report["results"]:
+        params = run["params"]
+        assert params["diffusers"] - params["difforge"] == (depth - 1) * per_block_embedding
+        assert run["ratio"]["cpu"]["train"]["median"] > 0
