@@ -42,7 +42,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "tiny": {"preset": "dit_tiny", "channels": 1, "image_size": 8, "classes": 10,
              "batch": 64, "repeats": 7, "steps": 3},
     "s": {"preset": "dit_s", "channels": 4, "image_size": 32, "classes": 1000,
-          "batch": 8, "repeats": 5, "steps": 1},
+          "batch": 4, "repeats": 5, "steps": 1},
 }  # fmt: skip
 VARIANTS = {"fp32": False, "bf16": True}
 

@@ -232,7 +232,10 @@ class DiT(nn.Module):
                 f"{self.image_size}x{self.image_size}, got input of shape {tuple(x.shape)}"
             )
         c_act = self._condition(noise_labels, class_labels, x.shape[0])
-        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(c_act.dtype)
+        h = self.patch_embed(x).flatten(2).transpose(1, 2)
+        # The residual stream keeps the patch embedding's dtype (bf16 under autocast), not the
+        # float32 of the label embedding in c_act.
+        h = h + self.pos_embed.to(h.dtype)
         for block in self.blocks:
             if self.checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, c_act, use_reentrant=False)
