@@ -67,7 +67,9 @@ class PipelineSpec:
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise DifforgeError(f"{path} is missing (not a diffusers pipeline folder written by save_pretrained)")
+        raise DifforgeError(
+            f"{path} is missing (not a diffusers pipeline folder written by save_pretrained)"
+        )
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -170,7 +172,9 @@ def _check_unet_config(config: dict[str, Any], source: Path) -> tuple[tuple[int,
     if isinstance(size, int):
         size = (size, size)
     if not (isinstance(size, (list, tuple)) and len(size) == 2):
-        raise DifforgeError(f"{source}: sample_size must be an int or [height, width], got {size!r}")
+        raise DifforgeError(
+            f"{source}: sample_size must be an int or [height, width], got {size!r}"
+        )
     class_embedding = config.get("class_embed_type")
     if class_embedding is not None:
         raise DifforgeError(
@@ -191,7 +195,9 @@ def read_pipeline(path: str | Path) -> PipelineSpec:
 
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise DifforgeError(f"pretrained={path}: not a directory (give a diffusers pipeline folder)")
+        raise DifforgeError(
+            f"pretrained={path}: not a directory (give a diffusers pipeline folder)"
+        )
     index_path = root / "model_index.json"
     index = _read_json(index_path)
     unet_class = _component_class(index, "unet", index_path)
@@ -258,11 +264,11 @@ class DiffusersUNet(nn.Module):
 
     learned_variance = False
 
-    def __init__(self, unet: nn.Module, num_classes: int = 0) -> None:
+    def __init__(self, unet: nn.Module, in_channels: int, num_classes: int = 0) -> None:
         super().__init__()
         self.unet = unet
+        self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
-        self.in_channels = int(unet.config.in_channels)  # type: ignore[union-attr]
 
     def forward(
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None
@@ -310,7 +316,7 @@ def load_pipeline(path: str | Path, sampler: Any) -> Any:
             f"{spec.path / 'scheduler' / 'scheduler_config.json'}: clip_sample_range="
             f"{spec.clip_sample_range} is not supported with clip_sample=true; difforge clips to [-1, 1]"
         )
-    net = DiffusersUNet(load_unet(spec), spec.num_classes)
+    net = DiffusersUNet(load_unet(spec), spec.data_shape[0], spec.num_classes)
     module = DiffusionModule(
         net=net,
         schedule=spec.schedule,
@@ -321,5 +327,4 @@ def load_pipeline(path: str | Path, sampler: Any) -> Any:
         ema_decay=0.0,
         clip_denoised=spec.clip_sample,
     )
-    module.pipeline_spec = spec
     return module.eval()
