@@ -1,0 +1,181 @@
+"""diffusers pipeline folders as difforge models: the same images as diffusers from the same draws,
+every sampler on them, the command lines, and one-line errors for folders difforge cannot use."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_fixtures import train_pipeline
+from difforge.errors import DifforgeError
+from difforge.interop.diffusers_pipeline import load_pipeline, read_pipeline
+from helpers import assert_clean_error, assert_ok, run_cli
+
+NUM_IMAGES = 16
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> dict[tuple[str, bool], Path]:
+    """Trained pipelines per (prediction_type, clip_sample)."""
+    root = tmp_path_factory.mktemp("pipelines")
+    return {
+        (prediction, clip): train_pipeline(
+            root / f"{prediction}-{clip}", prediction, clip_sample=clip
+        )
+        for prediction in ("epsilon", "v_prediction")
+        for clip in (False, True)
+    }
+
+
+# ----------------------------------------------------------------------------- the mapping
+@pytest.mark.parametrize(
+    ("beta_schedule", "prediction", "parameterization"),
+    [
+        ("linear", "epsilon", "eps"),
+        ("scaled_linear", "v_prediction", "v"),
+        ("squaredcos_cap_v2", "sample", "x0"),
+    ],
+)
+def test_schedule_and_parameterization_match_the_scheduler(
+    tmp_path, beta_schedule, prediction, parameterization
+):
+    from diffusers import DDPMScheduler
+
+    path = train_pipeline(
+        tmp_path / "p", prediction, steps=1, beta_schedule=beta_schedule, num_train_timesteps=200
+    )
+    spec = read_pipeline(path)
+    scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"))
+    assert spec.parameterization == parameterization and spec.data_shape == (1, 8, 8)
+    assert spec.schedule.num_timesteps == 200
+    # diffusers computes in float32: its betas agree to a few float32 ulps; alphas_cumprod to the
+    # float32 rounding of 1 - beta, amplified up to 1/(1 - 0.999) where the cosine caps beta.
+    assert torch.allclose(spec.schedule.betas.float(), scheduler.betas, rtol=1e-6, atol=0)
+    theirs = scheduler.alphas_cumprod.double()
+    assert torch.allclose(spec.schedule.alphas_cumprod, theirs, rtol=1e-4, atol=0)
+    assert torch.allclose(spec.schedule.alphas_cumprod[:-20], theirs[:-20], rtol=2e-6, atol=0)
+
+
+def test_denoiser_gives_the_schedulers_x0_at_every_table_timestep(pipelines):
+    """difforge's D(x, sigma_t) is diffusers' pred_original_sample for the same latent z_t."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    for prediction in ("epsilon", "v_prediction"):
+        path = pipelines[(prediction, False)]
+        scheduler = DDIMScheduler.from_pretrained(str(path / "scheduler"))
+        scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+        unet = UNet2DModel.from_pretrained(str(path / "unet"), low_cpu_mem_usage=False)
+        module = load_pipeline(path, None)
+        z = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        for t in (0, 17, 500, 999):
+            theirs = scheduler.step(unet(z, t).sample, t, z).pred_original_sample
+            sigma = module.schedule.sigmas[t]
+            ours = module.denoiser(
+                z * (1 + sigma**2).sqrt().float(), torch.full((4,), float(sigma))
+            )
+            assert torch.allclose(ours, theirs, atol=2e-5 * max(1.0, float(sigma))), (prediction, t)
+
+
+# ------------------------------------------------------------------------------ bad folders
+def _edit_json(path: Path, **changes) -> None:
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.fixture()
+def folder(pipelines, tmp_path) -> Path:
+    copy = tmp_path / "pipe"
+    shutil.copytree(pipelines[("epsilon", True)], copy)
+    return copy
+
+
+def test_not_a_pipeline_folder(tmp_path):
+    with pytest.raises(DifforgeError, match="not a directory"):
+        read_pipeline(tmp_path / "none")
+    with pytest.raises(DifforgeError, match=r"model_index\.json is missing"):
+        read_pipeline(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("file", "changes", "fragment"),
+    [
+        (
+            "model_index.json",
+            {"unet": ["diffusers", "UNet2DConditionModel"]},
+            "unet is a UNet2DConditionModel",
+        ),
+        (
+            "model_index.json",
+            {"scheduler": ["diffusers", "EulerDiscreteScheduler"]},
+            "scheduler is a EulerDiscreteScheduler",
+        ),
+        ("unet/config.json", {"time_embedding_type": "fourier"}, "time_embedding_type='fourier'"),
+        ("unet/config.json", {"out_channels": 2}, "out_channels=2"),
+        (
+            "scheduler/scheduler_config.json",
+            {"prediction_type": "score"},
+            "prediction_type='score'",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"beta_schedule": "sigmoid"},
+            "beta_schedule='sigmoid'",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"variance_type": "learned_range"},
+            "variance_type='learned_range'",
+        ),
+        ("scheduler/scheduler_config.json", {"thresholding": True}, "thresholding=true"),
+        (
+            "scheduler/scheduler_config.json",
+            {"trained_betas": [0.5] * 1000},
+            "trained_betas gives another schedule than beta_schedule='linear'",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"trained_betas": [1e-4] * 10},
+            "trained_betas has 10 entries but num_train_timesteps=1000",
+        ),
+    ],
+)
+def test_folders_difforge_cannot_use_are_one_line_errors(folder, file, changes, fragment):
+    _edit_json(folder / file, **changes)
+    with pytest.raises(DifforgeError) as error:
+        read_pipeline(folder)
+    message = str(error.value)
+    assert fragment in message and str(folder / file) in message and "\n" not in message
+
+
+def test_a_scheduler_claiming_another_beta_schedule_is_refused(folder):
+    # trained_betas of the cosine schedule under a config that claims "linear".
+    from difforge.diffusion.schedules import CosineSchedule
+
+    _edit_json(
+        folder / "scheduler/scheduler_config.json",
+        trained_betas=CosineSchedule(1000).betas.tolist(),
+        beta_schedule="linear",
+    )
+    with pytest.raises(DifforgeError, match=r"alphas_cumprod\[\d+\] is"):
+        read_pipeline(folder)
+
+
+def test_pickled_weights_are_refused(folder):
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({}, folder / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(DifforgeError, match="no .safetensors weights"):
+        load_pipeline(folder, None)
+
+
+@pytest.mark.slow
+def test_bad_pretrained_folder_on_the_command_line(tmp_path):
+    assert_clean_error(
+        run_cli("sample", f"pretrained={tmp_path}", f"hydra.run.dir={tmp_path}/out"),
+        "model_index.json is missing",
+    )
