@@ -7,14 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from diffusers_fixtures import train_pipeline
 from difforge.errors import DifforgeError
 from difforge.interop.diffusers_pipeline import load_pipeline, read_pipeline
-from helpers import assert_clean_error, assert_ok, run_cli
+from diffusers_fixtures import train_pipeline
+from helpers import assert_clean_error, run_cli
 
 NUM_IMAGES = 16
 
@@ -169,7 +168,7 @@ def test_a_scheduler_claiming_another_beta_schedule_is_refused(folder):
 def test_pickled_weights_are_refused(folder):
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     torch.save({}, folder / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(DifforgeError, match="no .safetensors weights"):
+    with pytest.raises(DifforgeError, match=r"no \.safetensors weights"):
         load_pipeline(folder, None)
 
 
