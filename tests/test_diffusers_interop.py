@@ -7,13 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from difforge.errors import DifforgeError
 from difforge.interop.diffusers_pipeline import load_pipeline, read_pipeline
 from diffusers_fixtures import train_pipeline
-from helpers import assert_clean_error, run_cli
+from helpers import assert_clean_error, assert_ok, run_cli
 
 NUM_IMAGES = 16
 
@@ -78,6 +79,95 @@ def test_denoiser_gives_the_schedulers_x0_at_every_table_timestep(pipelines):
                 z * (1 + sigma**2).sqrt().float(), torch.full((4,), float(sigma))
             )
             assert torch.allclose(ours, theirs, atol=2e-5 * max(1.0, float(sigma))), (prediction, t)
+
+
+# ------------------------------------------------------------- the same images as diffusers
+DDIM_STEPS = 10
+
+
+def diffusers_ddim_trailing(path: Path, clip: bool) -> tuple[np.ndarray, torch.Tensor]:
+    """diffusers' DDIMPipeline on the trailing grid: uint8 images (N, H, W, C) rounded as its
+    ``numpy_to_pil`` does, and the draws it started from (its ``randn_tensor`` on the CPU)."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    pipe = DDIMPipeline.from_pretrained(str(path))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=NUM_IMAGES,
+        generator=torch.Generator().manual_seed(0),
+        eta=0.0,
+        num_inference_steps=DDIM_STEPS,
+        output_type="np",
+        # difforge re-derives eps from the clipped x0 (see the loader's docstring).
+        use_clipped_model_output=clip,
+    ).images
+    draws = torch.randn((NUM_IMAGES, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    return (images * 255).round().astype(np.uint8), draws
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["no-clip", "clip"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_ddim_trailing_gives_the_images_of_diffusers(pipelines, prediction, clip):
+    from difforge.diffusion.samplers import Sampler
+    from difforge.plotting import to_uint8_images
+
+    path = pipelines[(prediction, clip)]
+    theirs, draws = diffusers_ddim_trailing(path, clip)
+    model = load_pipeline(path, Sampler("ddim", DDIM_STEPS, grid="trailing"))
+    ours = to_uint8_images(model.generate(NUM_IMAGES, noise=draws, batch_size=NUM_IMAGES).samples)
+    difference = np.abs(ours.astype(int) - theirs.astype(int))
+    print(
+        f"{prediction} clip={clip}: max uint8 difference {difference.max()}, mean {difference.mean():.4f}"
+    )
+    assert difference.max() <= 1
+    assert theirs.std() > 10  # not a blank image: the comparison has content
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_every_sampler_gives_finite_samples(pipelines, prediction):
+    from difforge.diffusion.samplers import SAMPLERS, Sampler
+
+    model = load_pipeline(pipelines[(prediction, True)], None)
+    for name in SAMPLERS:
+        samples = model.generate(
+            4,
+            sampler=Sampler(name, 4),
+            generator=torch.Generator().manual_seed(0),
+            batch_size=4,
+        ).samples
+        assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all(), name
+
+
+@pytest.mark.slow
+def test_sample_command_with_pretrained_and_noise_gives_the_images_of_diffusers(
+    pipelines, tmp_path
+):
+    path = pipelines[("v_prediction", True)]
+    theirs, draws = diffusers_ddim_trailing(path, True)
+    np.save(tmp_path / "draws.npy", draws.numpy())
+    result = run_cli(
+        "sample",
+        f"pretrained={path}",
+        f"noise={tmp_path / 'draws.npy'}",
+        f"num_samples={NUM_IMAGES}",
+        "sampler=ddim",
+        f"sampler.steps={DDIM_STEPS}",
+        "sampler.grid=trailing",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    assert_ok(result)
+    ours = np.load(tmp_path / "out" / "samples.npz")["arr_0"]
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+    bad = run_cli(
+        "sample",
+        f"pretrained={path}",
+        f"noise={tmp_path / 'draws.npy'}",
+        "num_samples=3",
+        f"hydra.run.dir={tmp_path / 'bad'}",
+    )
+    assert_clean_error(bad, "has shape (16, 1, 8, 8), expected (3, 1, 8, 8)")
 
 
 # ------------------------------------------------------------------------------ bad folders

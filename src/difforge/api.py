@@ -75,14 +75,13 @@ class Model:
         """
         built = Sampler(sampler, steps, grid=grid, **options)
         generator = torch.Generator(self.device).manual_seed(int(seed))
-        extra: dict[str, Any] = {}
+        draws = None
         if noise is not None:
             draws = torch.as_tensor(noise, dtype=torch.float32)
             if tuple(draws.shape) != (n, *self.data_shape):
                 raise DifforgeError(
                     f"noise has shape {tuple(draws.shape)}, expected {(n, *self.data_shape)}"
                 )
-            extra["noise"] = draws
         return self.module.generate(
             n,
             sampler=built,
@@ -90,7 +89,7 @@ class Model:
             batch_size=batch_size,
             class_labels=class_labels,
             use_ema=use_ema,
-            **extra,
+            noise=draws,
         ).samples
 
     def evaluate(

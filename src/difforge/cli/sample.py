@@ -157,7 +157,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size,
         class_labels=labels,
         progress=True,
-        **({} if noise is None else {"noise": noise}),
+        noise=noise,
     )
     out = output_dir()
     samples = result.samples

@@ -45,6 +45,7 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_
 # The scheduler's alphas_cumprod is a float32 cumulative product of up to a few thousand terms:
 # its relative error stays below 1e-4, while a different schedule differs by far more.
 ALPHAS_CUMPROD_RTOL = 1e-4
+ALPHAS_CUMPROD_ATOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -89,31 +90,42 @@ def _component_class(index: dict[str, Any], name: str, index_path: Path) -> str:
     return entry[1]
 
 
-def claimed_betas(config: dict[str, Any], source: Path) -> Tensor:
-    """The betas ``(T,)`` float64 of the config's ``beta_schedule`` (diffusers' names):
+def claimed_schedule(config: dict[str, Any], source: Path) -> DiscreteSchedule:
+    """The schedule the config's ``beta_schedule`` names (diffusers' names), in float64:
 
-    * ``linear``: ``linspace(beta_start, beta_end, T)`` (Ho et al. 2020, sec. 4);
+    * ``linear``: betas ``linspace(beta_start, beta_end, T)`` (Ho et al. 2020, sec. 4);
     * ``scaled_linear``: ``linspace(sqrt(beta_start), sqrt(beta_end), T)^2`` (latent diffusion);
     * ``squaredcos_cap_v2``: Nichol & Dhariwal 2021, eq. 17 with s = 0.008, betas capped at 0.999
-      (difforge's ``cosine`` schedule).
+      (difforge's ``cosine`` schedule);
 
-    Raises DifforgeError naming ``source`` for an unknown schedule or bad values.
+    then, with ``rescale_betas_zero_snr``, rescaled to zero terminal SNR (Lin et al. 2024,
+    algorithm 1), after the cap as diffusers does. Raises DifforgeError naming ``source`` for an
+    unknown schedule or bad values.
     """
     name = config.get("beta_schedule", "linear")
     steps = config.get("num_train_timesteps", 1000)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
         raise DifforgeError(f"{source}: num_train_timesteps must be an integer >= 2, got {steps!r}")
     start, end = config.get("beta_start", 1e-4), config.get("beta_end", 0.02)
+    rescale = bool(config.get("rescale_betas_zero_snr", False))
     try:
+        if name == "squaredcos_cap_v2":
+            cosine = CosineSchedule(steps, s=0.008)
+            # Without rescaling, CosineSchedule keeps its capped top out of sigma_max.
+            return (
+                DiscreteSchedule(cosine.betas, rescale_zero_terminal_snr=True)
+                if rescale
+                else cosine
+            )
         if name == "linear":
-            return LinearSchedule(steps, float(start), float(end)).betas
+            return LinearSchedule(
+                steps, float(start), float(end), rescale_zero_terminal_snr=rescale
+            )
         if name == "scaled_linear":
             if not 0 < start <= end < 1:
                 raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {start}, {end}")
             root = torch.linspace(math.sqrt(start), math.sqrt(end), steps, dtype=torch.float64)
-            return root**2
-        if name == "squaredcos_cap_v2":
-            return CosineSchedule(steps, s=0.008).betas
+            return DiscreteSchedule(root**2, rescale_zero_terminal_snr=rescale)
     except (TypeError, ValueError) as error:
         raise DifforgeError(f"{source}: beta_schedule={name!r}: {error}") from None
     raise DifforgeError(
@@ -128,29 +140,25 @@ def schedule_from_scheduler_config(
     ``alphas_cumprod`` ``(T,)`` (diffusers computes it from ``trained_betas`` when present,
     otherwise from ``beta_schedule``). Raises DifforgeError naming ``source`` and the field when the
     two differ or a field is out of range."""
-    if config.get("rescale_betas_zero_snr", False):
-        raise DifforgeError(
-            f"{source}: rescale_betas_zero_snr=true (a last beta of 1) is not supported; "
-            "difforge's discrete schedules need betas in (0, 1)"
-        )
-    betas = claimed_betas(config, source)
+    schedule = claimed_schedule(config, source)
     theirs = scheduler_alphas_cumprod.to(torch.float64)
-    ours = torch.cumprod(1 - betas, dim=0)
+    ours = schedule.alphas_cumprod
     if theirs.shape != ours.shape:
         raise DifforgeError(
             f"{source}: trained_betas has {theirs.numel()} entries but num_train_timesteps="
             f"{ours.numel()}"
         )
-    error = ((theirs - ours).abs() / ours).max().item()
-    if not error <= ALPHAS_CUMPROD_RTOL:
-        at = int(((theirs - ours).abs() / ours).argmax())
+    # Relative agreement, and absolute near abar = 0 (zero terminal SNR).
+    excess = (theirs - ours).abs() - ALPHAS_CUMPROD_RTOL * ours - ALPHAS_CUMPROD_ATOL
+    if not bool((excess <= 0).all()):
+        at = int(excess.argmax())
         field = "trained_betas" if config.get("trained_betas") is not None else "beta_schedule"
         raise DifforgeError(
             f"{source}: {field} gives another schedule than beta_schedule="
             f"{config.get('beta_schedule', 'linear')!r} claims (alphas_cumprod[{at}] is "
             f"{theirs[at].item():.6g}, the claimed schedule has {ours[at].item():.6g})"
         )
-    return DiscreteSchedule(betas)
+    return schedule
 
 
 def _check_unet_config(config: dict[str, Any], source: Path) -> tuple[tuple[int, int, int], int]:
@@ -225,6 +233,11 @@ def read_pipeline(path: str | Path) -> PipelineSpec:
         raise DifforgeError(
             f"{scheduler_source}: variance_type={variance!r} (a learned variance) is not supported; "
             f"allowed: {', '.join(VARIANCE_TYPES)}"
+        )
+    if config.get("rescale_betas_zero_snr", False) and prediction == "epsilon":
+        raise DifforgeError(
+            f"{scheduler_source}: rescale_betas_zero_snr=true with prediction_type='epsilon': "
+            "x0 cannot be recovered from eps at zero SNR (Lin et al. 2024, sec. 3.2)"
         )
     if config.get("thresholding", False):
         raise DifforgeError(

@@ -349,7 +349,7 @@ class DiffusionModule(L.LightningModule):
                 device=self.device,
                 generator=generator,
                 class_labels=labels,
-                **({} if noise is None else {"noise": noise[start : start + n].to(self.device)}),
+                noise=None if noise is None else noise[start : start + n],
             )
             chunks.append(result.samples.float().cpu())
             nfe, sigmas = result.nfe, result.sigmas
