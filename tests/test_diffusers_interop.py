@@ -170,6 +170,46 @@ def test_sample_command_with_pretrained_and_noise_gives_the_images_of_diffusers(
     assert_clean_error(bad, "has shape (16, 1, 8, 8), expected (3, 1, 8, 8)")
 
 
+@pytest.mark.slow
+def test_eval_command_runs_the_protocol_on_a_pretrained_folder(pipelines, tmp_path):
+    """eval.py pretrained=... metrics.fid_ref=... --seeds 2: FID, IS, precision/recall for each
+    seed, their min and mean, with the seeds, the count and the reference written down."""
+    from diffusers_fixtures import digits_images
+    from helpers import random_inception_file
+    from test_metrics_protocol import write_guided_diffusion_batch
+
+    images = ((digits_images(12) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    features = np.random.default_rng(0).normal(size=(12, 2048))  # statistics of another network
+    reference = write_guided_diffusion_batch(tmp_path / "ref.npz", images.numpy(), features)
+    weights = random_inception_file(tmp_path / "inception.pth")
+    result = run_cli(
+        "eval",
+        f"pretrained={pipelines[('epsilon', True)]}",
+        f"metrics.fid_ref={reference}",
+        f"metrics.inception_weights={weights}",
+        "num_samples=10",
+        "batch_size=5",
+        "sampler=ddim",
+        "sampler.steps=3",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        "--seeds",
+        "2",
+    )
+    assert_ok(result)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["seeds"] == [0, 1] and metrics["num_samples"] == 10
+    assert (
+        metrics["reference"] == str(reference) and metrics["reference_layout"] == "guided-diffusion"
+    )
+    assert [run["seed"] for run in metrics["per_seed"]] == [0, 1]
+    for name in ("fid", "inception_score", "precision", "recall"):
+        values = [run[name] for run in metrics["per_seed"]]
+        assert metrics[f"{name}_min"] == min(values)
+        assert metrics[f"{name}_mean"] == pytest.approx(sum(values) / 2)
+    assert metrics["sampler"] == "ddim" and metrics["nfe"] == 3
+
+
 # ------------------------------------------------------------------------------ bad folders
 def _edit_json(path: Path, **changes) -> None:
     config = json.loads(path.read_text())
