@@ -124,6 +124,52 @@ def test_ddim_trailing_gives_the_images_of_diffusers(pipelines, prediction, clip
     assert theirs.std() > 10  # not a blank image: the comparison has content
 
 
+def test_zero_terminal_snr_pipeline_gives_the_images_of_diffusers(tmp_path):
+    """rescale_betas_zero_snr: the trailing grid starts at sigma = inf (abar_T = 0), where both
+    take x0 = -v from the pure noise."""
+    from difforge.diffusion.samplers import Sampler
+    from difforge.plotting import to_uint8_images
+
+    path = train_pipeline(tmp_path / "zsnr", "v_prediction", rescale_betas_zero_snr=True)
+    assert read_pipeline(path).schedule.sigma_max == float("inf")
+    theirs, draws = diffusers_ddim_trailing(path, True)
+    model = load_pipeline(path, Sampler("ddim", DDIM_STEPS, grid="trailing"))
+    ours = to_uint8_images(model.generate(NUM_IMAGES, noise=draws, batch_size=NUM_IMAGES).samples)
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["no-clip", "clip"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_ddpm_trailing_gives_the_images_of_diffusers_from_the_same_generator(
+    pipelines, prediction, clip
+):
+    """Ancestral sampling: diffusers' DDPMPipeline and difforge's ddpm draw the start and then one
+    normal per step from the generator in the same order, so one seed gives the same images;
+    diffusers' DDPM step puts the clipped x0 in the posterior mean, as difforge does."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from difforge.diffusion.samplers import Sampler
+    from difforge.plotting import to_uint8_images
+
+    path = pipelines[(prediction, clip)]
+    pipe = DDPMPipeline.from_pretrained(str(path))
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(
+        batch_size=NUM_IMAGES,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=DDIM_STEPS,
+        output_type="np",
+    ).images
+    model = load_pipeline(path, Sampler("ddpm", DDIM_STEPS, grid="trailing"))
+    ours = model.generate(
+        NUM_IMAGES, generator=torch.Generator().manual_seed(0), batch_size=NUM_IMAGES
+    ).samples
+    difference = np.abs(to_uint8_images(ours).astype(int) - (theirs * 255).round().astype(int))
+    print(f"ddpm {prediction} clip={clip}: max uint8 difference {difference.max()}")
+    assert difference.max() <= 1
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_every_sampler_gives_finite_samples(pipelines, prediction):
     from difforge.diffusion.samplers import SAMPLERS, Sampler
@@ -262,6 +308,11 @@ def test_not_a_pipeline_folder(tmp_path):
             "variance_type='learned_range'",
         ),
         ("scheduler/scheduler_config.json", {"thresholding": True}, "thresholding=true"),
+        (
+            "scheduler/scheduler_config.json",
+            {"rescale_betas_zero_snr": True},
+            "rescale_betas_zero_snr=true with prediction_type='epsilon'",
+        ),
         (
             "scheduler/scheduler_config.json",
             {"trained_betas": [0.5] * 1000},

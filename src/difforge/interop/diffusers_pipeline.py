@@ -13,11 +13,12 @@ A folder written by ``DDPMPipeline.save_pretrained`` (or ``DDIMPipeline``) holds
   parameterization. Their ``c_in = 1 / sqrt(1 + sigma^2)`` feeds the UNet the unit-variance VP
   latent ``z_t = x / sqrt(1 + sigma_t^2)`` diffusers feeds it, and the schedule's noise labels
   are diffusers' timestep index ``t`` (an integer on the table, fractional between entries);
-* ``clip_sample`` -> difforge's static thresholding (:class:`ClippedDenoiser`): the denoised
-  estimate is clamped to ``[-clip_sample_range, clip_sample_range]`` at every step. diffusers'
-  DDPM step uses the clamped x0 in the posterior mean exactly as difforge's DDPM does; its DDIM
-  step matches difforge's DDIM with ``use_clipped_model_output=True`` (difforge re-derives eps
-  from the clamped x0; diffusers' default keeps the network's raw eps for the direction term).
+* ``clip_sample`` -> ``clip_denoised``, difforge's static thresholding (``ClippedDenoiser``):
+  the denoised estimate is clamped to [-1, 1] at every step, for every sampler. diffusers' DDPM
+  step uses the clamped x0 in the posterior mean exactly as difforge's ``ddpm`` does; its DDIM
+  step matches difforge's ``ddim`` with ``use_clipped_model_output=True``. diffusers' default
+  (``False``) keeps the network's raw eps in DDIM's direction term next to the clamped x0, a
+  mix no denoiser ``D(x, sigma)`` can express: where clipping acts, images differ from it.
 
 Weights are read from safetensors files only (no pickles), from the local folder (no hub).
 """
