@@ -384,3 +384,15 @@ def test_dinov2_file_errors_are_one_line(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "state.pt")
     with pytest.raises(DifforgeError, match=r"is not a torch\.export program"):
         load_dinov2(tmp_path / "state.pt")
+
+
+def test_seeds_flag_becomes_a_hydra_override():
+    from difforge.cli.evaluate import seeds_flag_to_override
+
+    assert seeds_flag_to_override(["eval.py", "a=1", "--seeds", "3", "b=2"]) == [
+        "eval.py",
+        "a=1",
+        "seeds=3",
+        "b=2",
+    ]
+    assert seeds_flag_to_override(["eval.py", "--seeds=3"]) == ["eval.py", "seeds=3"]

@@ -174,10 +174,11 @@ def evaluate_with_reference(cfg: DictConfig, device: torch.device) -> dict[str, 
     seeds = cfg.get("seeds", 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise DifforgeError(f"seeds must be a positive integer, got {seeds!r}")
-    ranks = Ranks.from_environment(device)
-    if ranks.world_size > 1 and device.type == "cuda":
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cuda":
+        # One GPU per rank, chosen before NCCL starts (torchrun sets LOCAL_RANK).
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    ranks = Ranks.from_environment(device)
     reference = load_reference_file(cfg.metrics.fid_ref)
     sampler: Sampler = instantiate(cfg.sampler)
     model, _, _ = load_model(cfg, sampler, device)
