@@ -85,13 +85,16 @@ def test_denoiser_gives_the_schedulers_x0_at_every_table_timestep(pipelines):
 DDIM_STEPS = 10
 
 
-def diffusers_ddim_trailing(path: Path, clip: bool) -> tuple[np.ndarray, torch.Tensor]:
-    """diffusers' DDIMPipeline on the trailing grid: uint8 images (N, H, W, C) rounded as its
-    ``numpy_to_pil`` does, and the draws it started from (its ``randn_tensor`` on the CPU)."""
+def diffusers_ddim(
+    path: Path, clip: bool, spacing: str = "trailing"
+) -> tuple[np.ndarray, torch.Tensor]:
+    """diffusers' DDIMPipeline with ``timestep_spacing=spacing``: uint8 images (N, H, W, C)
+    rounded as its ``numpy_to_pil`` does, and the draws it started from (its ``randn_tensor`` on
+    the CPU)."""
     from diffusers import DDIMPipeline, DDIMScheduler
 
     pipe = DDIMPipeline.from_pretrained(str(path))
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         batch_size=NUM_IMAGES,
@@ -106,20 +109,22 @@ def diffusers_ddim_trailing(path: Path, clip: bool) -> tuple[np.ndarray, torch.T
     return (images * 255).round().astype(np.uint8), draws
 
 
+@pytest.mark.parametrize("grid", ["trailing", "leading"])
 @pytest.mark.parametrize("clip", [False, True], ids=["no-clip", "clip"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-def test_ddim_trailing_gives_the_images_of_diffusers(pipelines, prediction, clip):
+def test_ddim_gives_the_images_of_diffusers(pipelines, prediction, clip, grid):
+    """The same draws through diffusers' DDIM and difforge's on the same grid (``leading`` is
+    diffusers' default spacing). diffusers' DDIM steps from t to t - T // N, which is its next
+    timestep on these grids when N divides T (here T = 1000, N = 10)."""
     from difforge.diffusion.samplers import Sampler
     from difforge.plotting import to_uint8_images
 
     path = pipelines[(prediction, clip)]
-    theirs, draws = diffusers_ddim_trailing(path, clip)
-    model = load_pipeline(path, Sampler("ddim", DDIM_STEPS, grid="trailing"))
+    theirs, draws = diffusers_ddim(path, clip, grid)
+    model = load_pipeline(path, Sampler("ddim", DDIM_STEPS, grid=grid))
     ours = to_uint8_images(model.generate(NUM_IMAGES, noise=draws, batch_size=NUM_IMAGES).samples)
     difference = np.abs(ours.astype(int) - theirs.astype(int))
-    print(
-        f"{prediction} clip={clip}: max uint8 difference {difference.max()}, mean {difference.mean():.4f}"
-    )
+    print(f"ddim {grid} {prediction} clip={clip}: max uint8 difference {difference.max()}")
     assert difference.max() <= 1
     assert theirs.std() > 10  # not a blank image: the comparison has content
 
@@ -132,7 +137,7 @@ def test_zero_terminal_snr_pipeline_gives_the_images_of_diffusers(tmp_path):
 
     path = train_pipeline(tmp_path / "zsnr", "v_prediction", rescale_betas_zero_snr=True)
     assert read_pipeline(path).schedule.sigma_max == float("inf")
-    theirs, draws = diffusers_ddim_trailing(path, True)
+    theirs, draws = diffusers_ddim(path, True)
     model = load_pipeline(path, Sampler("ddim", DDIM_STEPS, grid="trailing"))
     ours = to_uint8_images(model.generate(NUM_IMAGES, noise=draws, batch_size=NUM_IMAGES).samples)
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
@@ -190,7 +195,7 @@ def test_sample_command_with_pretrained_and_noise_gives_the_images_of_diffusers(
     pipelines, tmp_path
 ):
     path = pipelines[("v_prediction", True)]
-    theirs, draws = diffusers_ddim_trailing(path, True)
+    theirs, draws = diffusers_ddim(path, True)
     np.save(tmp_path / "draws.npy", draws.numpy())
     result = run_cli(
         "sample",
@@ -353,9 +358,31 @@ def test_pickled_weights_are_refused(folder):
         load_pipeline(folder, None)
 
 
+def test_class_conditional_unet_takes_the_labels(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from diffusers_fixtures import tiny_unet
+    from difforge.diffusion.samplers import Sampler
+
+    DDPMPipeline(unet=tiny_unet(num_classes=3), scheduler=DDPMScheduler()).save_pretrained(
+        str(tmp_path)
+    )
+    model = load_pipeline(tmp_path, Sampler("ddim", 3))
+    assert model.num_classes == 3
+    draws = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    zero, two = (
+        model.generate(2, class_labels=torch.full((2,), k), noise=draws).samples for k in (0, 2)
+    )
+    assert torch.isfinite(zero).all() and not torch.equal(zero, two)
+
+
 @pytest.mark.slow
 def test_bad_pretrained_folder_on_the_command_line(tmp_path):
     assert_clean_error(
         run_cli("sample", f"pretrained={tmp_path}", f"hydra.run.dir={tmp_path}/out"),
         "model_index.json is missing",
+    )
+    assert_clean_error(
+        run_cli("eval", f"pretrained={tmp_path}", f"hydra.run.dir={tmp_path}/out"),
+        "give metrics.fid_ref=",
     )
