@@ -361,8 +361,8 @@ def test_pickled_weights_are_refused(folder):
 def test_class_conditional_unet_takes_the_labels(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    from diffusers_fixtures import tiny_unet
     from difforge.diffusion.samplers import Sampler
+    from diffusers_fixtures import tiny_unet
 
     DDPMPipeline(unet=tiny_unet(num_classes=3), scheduler=DDPMScheduler()).save_pretrained(
         str(tmp_path)
