@@ -229,14 +229,15 @@ class ModelBatches:
 
 
 class ImageBatches:
-    """``make_batch`` over a fixed image tensor ``(N, C, H, W)`` (reference images)."""
+    """``make_batch`` over uint8 images ``(N, C, H, W)`` (reference images), scaled to [-1, 1]
+    one batch at a time."""
 
     def __init__(self, images: Tensor) -> None:
         self.images = images
         self.item_shape: tuple[int, ...] = tuple(images.shape[1:])
 
     def __call__(self, batch_index: int, start: int, count: int) -> Tensor:
-        return self.images[start : start + count]
+        return self.images[start : start + count].to(torch.float32) / 127.5 - 1.0
 
 
 def score(

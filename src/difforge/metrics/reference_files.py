@@ -32,7 +32,8 @@ from difforge.errors import DifforgeError
 @dataclass
 class ReferenceFile:
     """Statistics read from ``path``: ``mu (d,)`` and ``sigma (d, d)`` float64, the reference
-    images ``(N, 3, H, W)`` in [-1, 1] when the file holds them (else None), and its ``layout``
+    images as uint8 ``(N, C, H, W)`` when the file holds them (else None; kept as uint8: 10,000
+    ImageNet 256x256 images are 2 GB so, 8 GB as floats), and its ``layout``
     (``guided-diffusion`` or ``edm``)."""
 
     path: Path
@@ -102,5 +103,6 @@ def load_reference_file(path: str | os.PathLike) -> ReferenceFile:
         raise DifforgeError(
             f"{file}: arr_0 must be uint8 images (N, H, W, 1 or 3), got {images.dtype} {images.shape}"
         )
-    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
-    return ReferenceFile(file, mu, sigma, tensor, "guided-diffusion")
+    return ReferenceFile(
+        file, mu, sigma, torch.from_numpy(images).permute(0, 3, 1, 2), "guided-diffusion"
+    )
