@@ -103,11 +103,11 @@ def load_pretrained(cfg: DictConfig, sampler: Sampler, device: torch.device) -> 
         raise DifforgeError(
             "give either ckpt_path= (a difforge checkpoint) or pretrained= (a diffusers folder), not both"
         )
-    module: DiffusionModule = load_pipeline(cfg.pretrained, sampler)
     if cfg.get("guidance_scale") is not None and float(cfg.guidance_scale) != 1.0:
         raise DifforgeError(
             f"guidance_scale={cfg.guidance_scale}: a diffusers UNet2DModel has no null class label for guidance"
         )
+    module: DiffusionModule = load_pipeline(cfg.pretrained, sampler)
     return module.to(device)
 
 
@@ -128,8 +128,10 @@ def load_noise(path: str, num_samples: int, data_shape: tuple[int, ...]) -> torc
         raise DifforgeError(
             f"noise={path} has shape {tuple(array.shape)}, expected {expected} (num_samples={num_samples})"
         )
-    if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
-        raise DifforgeError(f"noise={path} must hold finite floats, got dtype {array.dtype}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DifforgeError(f"noise={path} must hold floats, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise DifforgeError(f"noise={path} holds non-finite values")
     return torch.from_numpy(array.astype(np.float32))
 
 
