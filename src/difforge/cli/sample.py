@@ -125,7 +125,9 @@ def load_model(
     cfg: DictConfig, sampler: Sampler, device: torch.device
 ) -> tuple[Any, Any, DictConfig | None]:
     """The model to sample, the mixture of its data if known, and its training config (None for an
-    exact model)."""
+    exact model or a diffusers pipeline)."""
+    if cfg.get("pretrained") is not None:
+        return load_pretrained(cfg, sampler, device), None, None
     if cfg.ckpt_path is None:
         return load_oracle(cfg, sampler)
     given = [group for group in ("data", "model", "schedule") if cfg.get(group) is not None]
@@ -142,6 +144,46 @@ def load_model(
     return module, known_mixture(train_cfg.data), train_cfg
 
 
+def load_pretrained(cfg: DictConfig, sampler: Sampler, device: torch.device) -> DiffusionModule:
+    """The diffusers pipeline folder ``cfg.pretrained`` as a difforge model."""
+    from difforge.interop.diffusers_pipeline import load_pipeline
+
+    if cfg.ckpt_path is not None:
+        raise DifforgeError(
+            "give either ckpt_path= (a difforge checkpoint) or pretrained= (a diffusers folder), not both"
+        )
+    if cfg.get("guidance_scale") is not None and float(cfg.guidance_scale) != 1.0:
+        raise DifforgeError(
+            f"guidance_scale={cfg.guidance_scale}: a diffusers UNet2DModel has no null class label for guidance"
+        )
+    module: DiffusionModule = load_pipeline(cfg.pretrained, sampler)
+    return module.to(device)
+
+
+def load_noise(path: str, num_samples: int, data_shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard-normal starting draws ``(num_samples, *data_shape)`` from a ``.npy`` file (diffusers'
+    ``latents``: the unit-variance VP latent at the top of the grid)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DifforgeError(
+            f"noise={path}: no such file (give a .npy array of shape (N, {', '.join(map(str, data_shape))}))"
+        )
+    try:
+        array = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DifforgeError(f"noise={path}: not a .npy array ({error})") from None
+    expected = (num_samples, *data_shape)
+    if tuple(array.shape) != expected:
+        raise DifforgeError(
+            f"noise={path} has shape {tuple(array.shape)}, expected {expected} (num_samples={num_samples})"
+        )
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DifforgeError(f"noise={path} must hold floats, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise DifforgeError(f"noise={path} holds non-finite values")
+    return torch.from_numpy(array.astype(np.float32))
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     print_config(cfg)
     if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
@@ -153,6 +195,11 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         device=device if isinstance(model, DiffusionModule) else "cpu"
     ).manual_seed(cfg.seed)
     labels = sampling_labels(cfg, model)
+    noise = None
+    if cfg.get("noise") is not None:
+        if not isinstance(model, DiffusionModule):
+            raise DifforgeError("noise= needs a trained model (ckpt_path= or pretrained=)")
+        noise = load_noise(str(cfg.noise), cfg.num_samples, model.data_shape)
     result = model.generate(
         cfg.num_samples,
         generator=generator,
@@ -160,6 +207,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         class_labels=labels,
         use_ema=cfg.use_ema,
         progress=True,
+        noise=noise,
     )
     out = output_dir()
     samples = result.samples

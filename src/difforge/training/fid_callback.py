@@ -58,15 +58,15 @@ def gather_rows(
 ) -> Tensor:
     """All ranks' ``local`` rows ``(n_r, ...)`` in rank order, ``(total, ...)`` on every rank.
 
-    Every rank pads its rows to ``ceil(total / world_size)`` (all_gather needs equal shapes) and
-    sends its true count; the padding is dropped after the gather.
+    The ranks first share their counts; every rank pads its rows to the largest (all_gather needs
+    equal shapes), and the padding is dropped after the gather.
     """
     if world_size == 1:
         return local
-    width = -(-total // world_size)
+    counts = all_gather(torch.tensor([len(local)], device=local.device)).reshape(world_size)
+    width = int(counts.max())
     padded = local.new_zeros((width, *local.shape[1:]))
     padded[: len(local)] = local
-    counts = all_gather(torch.tensor([len(local)], device=local.device)).reshape(world_size)
     rows = all_gather(padded).reshape(world_size, width, *local.shape[1:])
     gathered = torch.cat([rows[r, : int(counts[r])] for r in range(world_size)])
     if len(gathered) != total:

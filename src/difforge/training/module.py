@@ -326,10 +326,12 @@ class DiffusionModule(L.LightningModule):
         batch_size: int = 256,
         use_ema: bool = True,
         progress: bool = False,
+        noise: Tensor | None = None,
     ) -> SampleResult:
         """Draw ``num_samples`` samples ``(N, *data_shape)`` in data space, in batches.
 
         ``class_labels: (N,)`` for a conditional model (None: cycle through the classes).
+        ``noise: (N, *data_shape)`` standard-normal starting draws (None: drawn with ``generator``).
         ``nfe`` of the result is per sample (network evaluations per batch).
         """
         if num_samples < 1 or batch_size < 1:
@@ -368,6 +370,7 @@ class DiffusionModule(L.LightningModule):
                 device=self.device,
                 generator=generator,
                 class_labels=labels,
+                noise=None if noise is None else noise[start : start + n],
             )
             chunks.append(result.samples.float().cpu())
             nfe, sigmas = result.nfe, result.sigmas
