@@ -200,11 +200,17 @@ def run_fit(cfg: Any, module: Any, datamodule: Any, callback: Any, profiler: Any
     from hydra.utils import instantiate
 
     from difforge.cli.common import instantiate_list
+    from difforge.training.build import resolve_precision
 
     callbacks = [*instantiate_list(cfg.get("callbacks")), callback]
     loggers = instantiate_list(cfg.get("logger"))
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, max_steps=10**9
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        max_steps=10**9,
+        precision=precision,
     )
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
