@@ -17,7 +17,11 @@ name        c_skip                       c_out                           F predi
                                                                          (Salimans & Ho 2022, sec. 4)
 ``edm``     sd^2 / (sigma^2 + sd^2)      sigma sd / sqrt(sigma^2 + sd^2) EDM table 1, sd = sigma_data;
                                                                          c_in = 1 / sqrt(sigma^2 + sd^2)
+``flow``    1 / (1 + sigma)              -sigma / (1 + sigma)            velocity u = eps - x_0 (rectified
+                                                                         flow); c_in = 1 / (1 + sigma)
 ==========  ===========================  ==============================  ==========================
+
+``flow`` is derived in ``FlowParameterization``'s docstring.
 
 The network's regression target is ``F* = (x_0 - c_skip x) / c_out`` (EDM eq. 8), written here
 in closed form in ``x_0`` and ``eps`` so it stays exact as ``sigma -> 0``. Conversions between
@@ -139,9 +143,42 @@ class EDMParameterization(Parameterization):
         return f"EDMParameterization(sigma_data={self.sigma_data})"
 
 
+class FlowParameterization(Parameterization):
+    """The network predicts the rectified-flow velocity ``u = dx_t/dt = eps - x_0`` (Liu et al. 2023;
+    Lipman et al. 2023; Esser et al. 2024, eq. 6 with a_t = 1 - t, b_t = t).
+
+    Derivation. With ``t = sigma / (1 + sigma)`` the flow point is ``x_t = (1 - t) x_0 + t eps
+    = x / (1 + sigma)``, so the network gets ``c_in = 1 - t = 1 / (1 + sigma)``. From ``x_t`` and
+    ``u``: ``x_0 = x_t - t u``, hence
+
+        D(x, sigma) = x / (1 + sigma) - sigma / (1 + sigma) F,
+        c_skip = 1 / (1 + sigma),   c_out = -sigma / (1 + sigma),
+
+    and the regression target ``(x_0 - c_skip x) / c_out = eps - x_0`` (EDM eq. 8). ``c_noise`` is
+    the schedule's: ``1000 t`` under ``schedule=rectified_flow`` (SD3's timesteps), the fractional
+    timestep under a discrete schedule. Under the uniform weighting the loss is the conditional
+    flow-matching loss ``||F - (eps - x_0)||^2`` (Lipman et al. 2023, eq. 9).
+    """
+
+    name = "flow"
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        c_in = 1 / (1 + sigma)
+        return c_in, -sigma * c_in, c_in
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        return noise - x0
+
+
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {
     cls.name: cls
-    for cls in (EpsParameterization, X0Parameterization, VParameterization, EDMParameterization)
+    for cls in (
+        EpsParameterization,
+        X0Parameterization,
+        VParameterization,
+        EDMParameterization,
+        FlowParameterization,
+    )
 }
 
 

@@ -284,6 +284,89 @@ class EDMSchedule(NoiseSchedule):
         return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
 
 
+def flow_time(sigma: Tensor) -> Tensor:
+    """The rectified-flow time of a VE noise level: ``t = sigma / (1 + sigma)`` (1 where sigma is inf)."""
+    return torch.where(torch.isinf(sigma), torch.ones_like(sigma), sigma / (1 + sigma))
+
+
+def flow_sigma(t: Tensor) -> Tensor:
+    """The VE noise level of a rectified-flow time: ``sigma = t / (1 - t)``."""
+    return t / (1 - t)
+
+
+class RectifiedFlowSchedule(NoiseSchedule):
+    """Rectified flow (Liu et al. 2023; Lipman et al. 2023, conditional OT path; Esser et al. 2024).
+
+    The straight path ``x_t = (1 - t) x_0 + t eps``, t in [0, 1], is the VE point
+    ``x = x_t / (1 - t) = x_0 + sigma eps`` at ``sigma = t / (1 - t)`` (so ``t = sigma / (1 + sigma)``,
+    and the signal-to-noise ratio is ``((1 - t) / t)^2 = 1 / sigma^2``).
+
+    ``shift`` is SD3's resolution-dependent timestep shift (Esser et al. 2024, sec. 5.3.2, eq. 23):
+    ``t' = shift t / (1 + (shift - 1) t)``, which in the VE frame is ``sigma' = shift * sigma``
+    (``shift = sqrt(m / n)`` for m pixels against a base resolution of n; SD3 uses 3.0 at 1024^2).
+    It applies to the schedule's own training law and to the ``flow`` sampling grid.
+
+    Own training law: t uniform on ``[t_min, t_max]`` (Liu et al. 2023), then shifted; the
+    ``noise_law`` group offers the others (logit-normal is SD3's). The network is conditioned on
+    ``c_noise = 1000 t`` of the (shifted) noise level, as SD3 feeds its timesteps.
+
+    Args:
+        shift: > 0; 1 is no shift.
+        t_min, t_max: the training and sampling range of t before the shift, 0 < t_min < t_max < 1
+            (t = 1 is sigma = inf, which the VE frame cannot start from; t_max = 0.999 starts a
+            sampler at 0.999 eps + 0.001 x_0, indistinguishable from pure noise).
+    Raises:
+        ValueError: on a shift <= 0 or t_min/t_max outside 0 < t_min < t_max < 1.
+    """
+
+    name = "rectified_flow"
+
+    def __init__(self, shift: float = 1.0, t_min: float = 1e-3, t_max: float = 0.999) -> None:
+        if not shift > 0:
+            raise ValueError(f"schedule.shift must be > 0, got {shift}")
+        if not 0 < t_min < t_max < 1:
+            raise ValueError(f"need 0 < t_min < t_max < 1, got t_min={t_min}, t_max={t_max}")
+        self.shift = float(shift)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self._sigma_min = self.shift * t_min / (1 - t_min)
+        self._sigma_max = self.shift * t_max / (1 - t_max)
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigma_max
+
+    def sample_training_sigmas(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        t = self.t_min + u * (self.t_max - self.t_min)
+        return (self.shift * flow_sigma(t)).to(device=device, dtype=torch.float32)
+
+    def noise_labels(self, sigma: Tensor) -> Tensor:
+        return 1000 * flow_time(sigma.to(torch.float32))
+
+    def training_quantile(self, sigma: Tensor) -> Tensor:
+        t = flow_time(sigma.to(torch.float64) / self.shift)
+        return ((t - self.t_min) / (self.t_max - self.t_min)).clamp(0, 1).to(torch.float32)
+
+    def __repr__(self) -> str:
+        return f"RectifiedFlowSchedule(shift={self.shift:g}, t_min={self.t_min:g}, t_max={self.t_max:g})"
+
+
 SCHEDULES: dict[str, type[NoiseSchedule]] = {
-    cls.name: cls for cls in (LinearSchedule, CosineSchedule, SigmoidSchedule, EDMSchedule)
+    cls.name: cls
+    for cls in (
+        LinearSchedule,
+        CosineSchedule,
+        SigmoidSchedule,
+        EDMSchedule,
+        RectifiedFlowSchedule,
+    )
 }

@@ -4,6 +4,8 @@
   sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
 - ``discrete_sigmas``: a subset of a discrete schedule's own sigmas, evenly spaced in t
   ("respacing", Nichol & Dhariwal 2021, sec. 4), always including t = T and t = 1.
+- ``flow_sigmas``: rectified flow's grid, t uniform from t(sigma_max) to 0 with SD3's shift
+  (Esser et al. 2024, sec. 5.3.2), i.e. ``sigma_i = shift * t_i / (1 - t_i)``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
+from difforge.diffusion.schedules import (
+    DiscreteSchedule,
+    NoiseSchedule,
+    RectifiedFlowSchedule,
+    flow_sigma,
+    flow_time,
+)
 
 
 def _check_steps(steps: int) -> None:
@@ -50,7 +58,17 @@ def discrete_sigmas(schedule: DiscreteSchedule, steps: int) -> Tensor:
     return torch.cat([schedule.sigmas[indices], torch.zeros(1, dtype=torch.float64)])
 
 
-GRIDS = ("karras", "discrete")
+def flow_sigmas(steps: int, sigma_max: float, shift: float = 1.0) -> Tensor:
+    """``steps + 1`` float64 values: ``t_i`` uniform from ``t(sigma_max / shift)`` down to 0, each
+    mapped to ``shift * t_i / (1 - t_i)`` (the last is 0)."""
+    _check_steps(steps)
+    if not 0 < sigma_max < float("inf") or not shift > 0:
+        raise ValueError(f"need 0 < sigma_max < inf and shift > 0, got {sigma_max}, {shift}")
+    t_max = flow_time(torch.tensor(sigma_max / shift, dtype=torch.float64))
+    return shift * flow_sigma(torch.linspace(1, 0, steps + 1, dtype=torch.float64) * t_max)
+
+
+GRIDS = ("karras", "discrete", "flow")
 
 
 def sigma_grid(
@@ -73,4 +91,7 @@ def sigma_grid(
         lo = schedule.sigma_min if sigma_min is None else sigma_min
         hi = schedule.sigma_max if sigma_max is None else sigma_max
         return karras_sigmas(steps, lo, hi, rho)
+    if grid == "flow":
+        shift = schedule.shift if isinstance(schedule, RectifiedFlowSchedule) else 1.0
+        return flow_sigmas(steps, schedule.sigma_max if sigma_max is None else sigma_max, shift)
     raise ValueError(f"unknown sampler.grid {grid!r}; allowed: {', '.join(GRIDS)}")

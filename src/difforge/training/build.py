@@ -13,7 +13,16 @@ from difforge.training.checkpoint import load_checkpoint
 from difforge.training.module import DiffusionModule
 
 # The parts of a run's config that define its model; saved in every checkpoint.
-MODEL_CONFIG_KEYS = ("data", "model", "schedule", "parameterization", "loss", "sampler", "module")
+MODEL_CONFIG_KEYS = (
+    "data",
+    "model",
+    "schedule",
+    "parameterization",
+    "loss",
+    "noise_law",
+    "sampler",
+    "module",
+)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -77,6 +86,7 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModul
         parameterization=instantiate(cfg.parameterization),
         loss=instantiate(cfg.loss),
         sampler=instantiate(cfg.sampler),
+        noise_law=instantiate(cfg.noise_law) if cfg.get("noise_law") is not None else None,
         data_shape=data_shape,
     )
     module.run_config = {

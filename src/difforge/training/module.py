@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from difforge.diffusion.guidance import ClassifierFreeGuidance
+from difforge.diffusion.noise_laws import NoiseLaw, ScheduleLaw
 from difforge.diffusion.parameterization import ClippedDenoiser, Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
@@ -62,6 +63,8 @@ class DiffusionModule(L.LightningModule):
             host-device synchronisation.
         clip_denoised: clamp denoised estimates to [-1, 1] while sampling (static thresholding);
             None: on for images, off for vector data.
+        noise_law: the law of training noise levels (``difforge.diffusion.noise_laws``);
+            None: the schedule's own.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool | None = None,
         max_nonfinite_skips: int = 0,
         clip_denoised: bool | None = None,
+        noise_law: NoiseLaw | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -111,6 +115,8 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(net, ema_decay, ema_warmup)
         self.ema_denoiser = Denoiser(self.ema.net, schedule, parameterization)
         self.schedule = schedule
+        self.noise_law = noise_law or ScheduleLaw()
+        self.noise_law.check(schedule)
         self.loss_fn = loss
         self.sampler = sampler
         self.lr = lr
@@ -176,7 +182,7 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, y = batch
         x0 = self._prepare(x0)
-        sigma = self.schedule.sample_training_sigmas(x0.shape[0], device=x0.device)
+        sigma = self.noise_law.sample(self.schedule, x0.shape[0], device=x0.device)
         noise = torch.randn_like(x0)
         per_sample = self._train_forward(self.denoiser, x0, sigma, noise, self._training_labels(y))
         # A non-finite loss is flagged on the device; the optimizer skips the step there.
@@ -184,7 +190,7 @@ class DiffusionModule(L.LightningModule):
         values = torch.where(finite > 0, per_sample.detach(), 0.0)
         self.train_loss(values, finite)
         quartile = (
-            (self.schedule.training_quantile(sigma) * NUM_NOISE_QUARTILES)
+            (self.noise_law.quantile(self.schedule, sigma) * NUM_NOISE_QUARTILES)
             .long()
             .clamp(0, NUM_NOISE_QUARTILES - 1)
         )
@@ -340,8 +346,8 @@ class DiffusionModule(L.LightningModule):
         x0 = self._prepare(x0)
         # Fixed noise per batch so validation losses are comparable across epochs.
         generator = torch.Generator().manual_seed(batch_idx)
-        sigma = self.schedule.sample_training_sigmas(
-            x0.shape[0], device=x0.device, generator=generator
+        sigma = self.noise_law.sample(
+            self.schedule, x0.shape[0], device=x0.device, generator=generator
         )
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         labels = y if self.num_classes > 0 else None

@@ -22,7 +22,7 @@ from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
 from difforge.diffusion.samplers.euler import sample_euler
 from difforge.diffusion.samplers.heun import sample_heun
 from difforge.diffusion.schedules import NoiseSchedule
-from difforge.diffusion.sigma_grids import sigma_grid
+from difforge.diffusion.sigma_grids import GRIDS, sigma_grid
 
 ALGORITHMS: dict[str, Callable[..., Tensor]] = {
     "ddpm": sample_ddpm,
@@ -78,8 +78,9 @@ class Sampler:
         algorithm: one of ``ddpm``, ``ddim``, ``euler``, ``heun``, ``dpmpp_2m``.
         steps: number of steps (grid intervals); NFE equals steps except for ``heun``
             (2 steps - 1).
-        grid: ``discrete`` (the schedule's own timesteps, respaced) or ``karras`` (EDM eq. 5);
-            None picks the algorithm's default.
+        grid: ``discrete`` (the schedule's own timesteps, respaced), ``karras`` (EDM eq. 5) or
+            ``flow`` (t uniform, with the rectified-flow schedule's shift); None picks the
+            algorithm's default.
         sigma_min, sigma_max: grid range for ``karras``; None uses the schedule's (sigma_max capped
             at ``KARRAS_SIGMA_MAX``).
         rho: Karras grid exponent.
@@ -106,6 +107,8 @@ class Sampler:
         self.algorithm = algorithm
         self.steps = steps
         self.grid = grid or DEFAULT_GRIDS[algorithm]
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown sampler.grid {self.grid!r}; allowed: {', '.join(GRIDS)}")
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.rho = rho
