@@ -172,6 +172,63 @@ class TrainStep:
         self.ema.update(self.net)
 
 
+# Kernel families of a training step, by substrings of kernel names (first match wins).
+KERNEL_FAMILIES = (
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("convolution", ("conv", "cudnn", "implicit_gemm", "xmma_fprop", "dgrad", "wgrad")),
+    ("matmul", ("gemm", "cutlass", "cublas", "sm90_")),
+    ("inductor (fused elementwise, norms, reductions)", ("triton",)),
+    ("optimizer and EMA", ("adam", "foreach", "multi_tensor", "lerp")),
+)
+
+
+def profile_table(
+    fn: Callable[[], Any], device: torch.device, calls: int, rows: int = 15
+) -> dict[str, Any]:
+    """torch.profiler over ``calls`` calls: the top ops, kernel launches and host syncs per call,
+    and on CUDA the device time by kernel family."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    events = prof.key_averages()
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+
+    def count(names: tuple[str, ...]) -> int:
+        return sum(e.count for e in events if e.key in names)
+
+    result: dict[str, Any] = {
+        "calls": calls,
+        "table": events.table(sort_by=sort_by, row_limit=rows),
+        "kernel_launches_per_call": count(
+            ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
+        )
+        / calls,
+        "host_syncs_per_call": count(
+            ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+        )
+        / calls,
+        "memcpy_per_call": count(("cudaMemcpyAsync", "cudaMemcpy")) / calls,
+    }
+    if device.type == "cuda":
+        families: dict[str, float] = {}
+        for e in events:
+            if e.device_type.name != "CUDA":
+                continue
+            name = e.key.lower()
+            family = next(
+                (f for f, keys in KERNEL_FAMILIES if any(k in name for k in keys)), "other"
+            )
+            families[family] = families.get(family, 0.0) + e.self_device_time_total / 1e3 / calls
+        result["device_ms_per_call_by_family"] = families
+    return result
+
+
 def timed_blocks(
     step: Callable[[], None], device: torch.device, repeats: int, steps: int
 ) -> list[float]:
@@ -224,6 +281,8 @@ def train_benchmark(
         result["fraction_of_matmul_rate"] = achieved / (matmul * 1e12)
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if args.profile:
+        result["profile"] = profile_table(step, device, 5)
     return result
 
 
@@ -402,6 +461,25 @@ def peer_benchmark(args: argparse.Namespace, device: torch.device) -> list[dict[
     )
 
 
+def peer_profiles(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Profiles of one run of each sampling loop at the smallest peer batch."""
+    from bench_sampling_peer import loops
+    from bench_unet import SETTINGS, build_diffusers, preset
+
+    torch.manual_seed(0)
+    unet = build_diffusers(preset(args.peer_size)).to(device).eval()
+    s = SETTINGS[args.peer_size]
+    shape = (min(args.peer_batches), s["channels"], s["image_size"], s["image_size"])
+    runs = loops(unet, args.peer_nfe, shape, device)
+    out = {}
+    bf16 = args.dtype == "bf16"
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        for name, run in runs.items():
+            run(0)
+            out[name] = profile_table(lambda run=run: run(1), device, 1, rows=12)
+    return out
+
+
 def print_section(title: str, rows: dict[str, Any]) -> None:
     print(f"\n| {title} | value |\n| --- | --- |")
     for key, value in rows.items():
@@ -438,6 +516,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lightning-segments", type=int, default=6)
     parser.add_argument("--lightning-steps", type=int, default=10)
     parser.add_argument("--peer", action="store_true", help="difforge vs diffusers sampling loop")
+    parser.add_argument(
+        "--profile", action="store_true", help="torch.profiler tables of the step and the loops"
+    )
     parser.add_argument("--peer-size", default="base", help="bench_unet.py size")
     parser.add_argument("--peer-batches", type=int, nargs="+", default=[1, 16, 128])
     parser.add_argument("--peer-nfe", type=int, default=35)
@@ -453,7 +534,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.device, args.models, args.channels, args.image_size = "cpu", ["unet_tiny"], 1, 8
         args.batch, args.steps, args.repeats, args.warmup, args.compile = 4, 2, 1, 1, False
         args.sample_batch, args.sample_steps = 4, 2
-        args.checkpointing = args.lightning = args.peer = True
+        args.checkpointing = args.lightning = args.peer = args.profile = True
         args.lightning_fits, args.lightning_segments, args.lightning_steps = 1, 1, 2
         args.peer_size, args.peer_batches, args.peer_nfe = "tiny", [2], 2
     if args.models is None:
@@ -520,7 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         train = train_benchmark(args, name, device, matmul)
         save(f"train/{name}", train)
-        print_section(f"training {name}", train)
+        print_section(f"training {name}", {k: v for k, v in train.items() if k != "profile"})
+        if "profile" in train:
+            print({k: v for k, v in train["profile"].items() if k != "table"})
+            print(train["profile"]["table"])
         if not args.skip_sampling:
             sample = sample_benchmark(args, name, device)
             save(f"sample/{name}", sample)
@@ -544,6 +628,13 @@ def main(argv: list[str] | None = None) -> int:
         save("peer_sampling", rows)
         print()
         print_rows(rows)
+        if args.profile:
+            profiles = peer_profiles(args, device)
+            save("peer_profiles", profiles)
+            for name, p in profiles.items():
+                print(f"\nprofile of one {name} run, batch {min(args.peer_batches)}:")
+                print({k: v for k, v in p.items() if k != "table"})
+                print(p["table"])
     if out is not None:
         print(f"\nwrote {out}")
     return 0
