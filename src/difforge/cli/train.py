@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.errors import DifforgeError
-from difforge.training.build import build_module
+from difforge.training.build import build_module, resolve_precision
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.module import effective_batch_size
 
@@ -217,7 +217,10 @@ def train(cfg: DictConfig) -> float | None:
     module = build_module(cfg, tuple(datamodule.data_shape))  # type: ignore[attr-defined]
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
+    )
     check_launch(trainer, cfg)
     batch = effective_batch_size(
         cfg.data.batch_size, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches

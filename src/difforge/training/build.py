@@ -25,6 +25,17 @@ MODEL_CONFIG_KEYS = (
 )
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``trainer.precision``; ``auto``: bf16 autocast ("bf16-mixed") when training runs on a CUDA
+    GPU that supports bf16 (Ampere and later), else full fp32 ("32-true")."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def check_network_fits_data(net: Any, data_shape: tuple[int, ...]) -> None:
     """Catch channel and size mismatches between data and network at start, with both values named."""
     if len(data_shape) == 3:
