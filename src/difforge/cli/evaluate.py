@@ -132,6 +132,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             # A mixture's labels are its component indices: one class is one component.
             k = int(cfg.class_label)
             mixture = GaussianMixture([1.0], mixture.means[k : k + 1], mixture.stds[k : k + 1])
+    if OmegaConf.select(cfg, "metrics.inception_weights") and result.samples.ndim != 4:
+        raise DifforgeError(
+            "metrics.inception_weights is for FID of images; these samples are vectors (no FID)"
+        )
     if mixture is not None:
         metrics.update(mixture_metrics(result.samples, mixture, seed=cfg.seed))
     if isinstance(model, DiffusionModule):
