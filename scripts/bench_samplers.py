@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
-from difforge.diffusion.samplers import ALGORITHMS, CountingDenoiser, Sampler
+from difforge.diffusion.samplers import SAMPLERS, CountingDenoiser, Sampler
 from difforge.diffusion.schedules import LinearSchedule
 from difforge.machine import machine_info
 from difforge.metrics.mixture import mode_mass, true_mode_mass, wasserstein1_1d
@@ -110,11 +110,11 @@ ODE_LIMIT_STEPS = 200
 # 2024, "Common diffusion noise schedules and sample steps are flawed", table 2), fed to
 # difforge's algorithm functions: what difforge would give with that grid.
 DIFFORGE_GRIDS = {
-    "ddpm": ("discrete", "karras", "trailing"),
-    "ddim": ("discrete", "karras", "trailing"),
-    "euler": ("karras", "discrete", "trailing"),
-    "heun": ("karras", "discrete", "trailing"),
-    "dpmpp_2m": ("karras", "discrete", "trailing"),
+    "ddpm": ("linspace", "karras", "trailing"),
+    "ddim": ("linspace", "karras", "trailing"),
+    "euler": ("karras", "linspace", "trailing"),
+    "heun": ("karras", "linspace", "trailing"),
+    "dpmpp_2m": ("karras", "linspace", "trailing"),
 }
 
 
@@ -232,7 +232,7 @@ def run_difforge_trailing(
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, oracle.mixture.dim), generator=generator, dtype=dtype)
     counter = CountingDenoiser(oracle)
-    samples = ALGORITHMS[family](counter, noise * sigmas[0].item(), sigmas, generator=generator)
+    samples = SAMPLERS[family].fn(counter, noise * sigmas[0].item(), sigmas, generator=generator)
     return samples, counter.nfe
 
 

@@ -116,11 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     metrics = sorted(
         {m for run in runs for m in run["metrics"] if m.startswith(("val/", "train/loss"))}
     )
+    if not any(args.metric in run["metrics"] for run in runs):
+        print(
+            f"error: no run of {args.sweep_dir} logged {args.metric} (logged: {', '.join(metrics) or 'none'}); "
+            "choose one with --metric",
+            file=sys.stderr,
+        )
+        return 1
     axes = varying_choices(runs)
     x_axis, group_axis = plot_axes(axes)
     table = markdown_table(runs, axes, metrics)
-    if args.metric in metrics:
-        table += "\n\n" + pivot_table(runs, x_axis, group_axis, args.metric)
+    table += "\n\n" + pivot_table(runs, x_axis, group_axis, args.metric)
     print(table)
     (args.sweep_dir / "summary.md").write_text(table + "\n")
     with open(args.sweep_dir / "summary.csv", "w", newline="") as file:

@@ -123,7 +123,7 @@ def test_bench_samplers_against_diffusers(tmp_path: Path) -> None:
     # which is diffusers' EulerDiscreteScheduler with linspace spacing. This checks the
     # noise-prediction conversion and the input scaling used for diffusers.
     for nfe in (5, 10):
-        ours = w1("difforge", "ddim", "discrete", nfe)
+        ours = w1("difforge", "ddim", "linspace", nfe)
         theirs = w1("diffusers", "euler", "linspace", nfe)
         assert ours == pytest.approx(theirs, rel=2e-3)
 

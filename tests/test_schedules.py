@@ -61,7 +61,7 @@ def test_sigma_table_and_timestep_inverse(schedule):
     assert (
         drawn.dtype == torch.float32
         and schedule.sigma_min <= drawn.min()
-        and drawn.max() <= schedule.sigma_max * (1 + 1e-6)
+        and drawn.max() <= schedule.sigmas[-1] * (1 + 1e-6)
     )
 
 
@@ -89,3 +89,59 @@ def test_bad_num_timesteps_is_refused_with_its_value(bad):
 def test_bad_edm_range_is_refused():
     with pytest.raises(ValueError, match="sigma_min=5"):
         EDMSchedule(sigma_min=5, sigma_max=1)
+
+
+@pytest.mark.parametrize("schedule", [CosineSchedule(), SigmoidSchedule()], ids=lambda s: s.name)
+def test_sampling_top_is_never_a_clipped_beta(schedule):
+    """Clipping beta_T at 0.999 puts sigma_T near 2e4 (cosine); samplers start one step below."""
+    assert schedule.betas[-1] == 0.999 and schedule.betas[-2] < 0.999
+    assert schedule.sigma_max == schedule.sigmas[-2] < schedule.sigmas[-1] / 10
+    assert LinearSchedule().sigma_max == LinearSchedule().sigmas[-1]
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        LinearSchedule(rescale_zero_terminal_snr=True),
+        CosineSchedule(rescale_zero_terminal_snr=True),
+        SigmoidSchedule(rescale_zero_terminal_snr=True),
+    ],
+    ids=lambda s: s.name,
+)
+def test_zero_terminal_snr_rescaling(schedule):
+    """Lin et al. 2024, algorithm 1: sqrt(abar) shifted and scaled so abar_T = 0 exactly and
+    abar_1 is kept; sqrt(abar) stays an affine map of the original one."""
+    original = type(schedule)()
+    abar, abar0 = schedule.alphas_cumprod, original.alphas_cumprod
+    assert abar[-1] == 0 and schedule.betas[-1] == 1 and math.isinf(schedule.sigma_max)
+    torch.testing.assert_close(abar[0], abar0[0], rtol=1e-12, atol=0)
+    if isinstance(schedule, LinearSchedule):  # unclipped: the map is exactly affine
+        slope = (abar.sqrt()[1:-1] - abar.sqrt()[-1]) / (abar0.sqrt()[1:-1] - abar0.sqrt()[-1])
+        torch.testing.assert_close(slope, slope[0].expand_as(slope), rtol=1e-9, atol=0)
+    assert (abar[1:] < abar[:-1]).all()
+    labels = schedule.noise_labels(torch.tensor([math.inf, float(schedule.sigmas[-2])]))
+    torch.testing.assert_close(labels, torch.tensor([999.0, 998.0]))
+
+
+def test_linear_betas_scale_with_the_number_of_timesteps():
+    """improved-diffusion's rule: DDPM's 1e-4..0.02 are for T = 1000, scaled by 1000 / T."""
+    short = LinearSchedule(100)
+    torch.testing.assert_close(short.betas[[0, -1]], torch.tensor([1e-3, 0.2], dtype=torch.float64))
+    # abar_T = prod (1 - beta_t): the same order of magnitude as T = 1000's, near 0
+    assert float(short.alphas_cumprod[-1]) < 1e-3
+    assert LinearSchedule(20).betas.max() == pytest.approx(0.999)  # 0.02 x 50 = 1, clipped
+    unscaled = LinearSchedule(100, scale_to_num_timesteps=False)
+    torch.testing.assert_close(unscaled.betas, torch.linspace(1e-4, 0.02, 100, dtype=torch.float64))
+
+
+def test_a_schedule_that_does_not_end_in_noise_is_reported_with_its_value():
+    expected = float(torch.prod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)))
+    with pytest.warns(UserWarning, match=rf"abar_T = {expected:.4g} > 0.001"):
+        LinearSchedule(100, scale_to_num_timesteps=False)
+
+
+def test_a_continuous_schedule_reports_a_small_sigma_max():
+    from difforge.diffusion.schedules import EDMSchedule
+
+    with pytest.warns(UserWarning, match=r"schedule edm: abar_T = 0.01 > 0.001"):
+        EDMSchedule(sigma_max=float(99**0.5))

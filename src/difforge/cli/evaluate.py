@@ -11,8 +11,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from difforge.cli.common import output_dir, print_config
-from difforge.cli.sample import load_model, pick_device
-from difforge.diffusion.likelihood import bits_per_dim, ode_log_likelihood, vlb_bits_per_dim
+from difforge.cli.sample import load_model, pick_device, sampling_labels
+from difforge.diffusion.gaussian_mixture import GaussianMixture
+from difforge.diffusion.likelihood import (
+    bits_per_dim,
+    dequantize,
+    ode_log_likelihood,
+    vlb_bits_per_dim,
+)
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import DiscreteSchedule
 from difforge.errors import DifforgeError
@@ -21,6 +27,7 @@ from difforge.training.module import DiffusionModule
 
 log = logging.getLogger("difforge")
 NLL_METHODS = ("auto", "vlb", "ode")
+DEFAULT_ODE_STEPS = 50
 
 
 def likelihood_metrics(
@@ -34,6 +41,11 @@ def likelihood_metrics(
         method = "vlb" if isinstance(schedule, DiscreteSchedule) else "ode"
     generator = torch.Generator().manual_seed(cfg.seed)
     num_dims = x[0].numel()
+    if method == "vlb" and cfg.nll.ode_steps is not None:
+        raise DifforgeError(
+            f"nll.ode_steps={cfg.nll.ode_steps} applies to nll.method=ode; this NLL is the VLB "
+            "(nll.method=vlb or auto with a discrete schedule)"
+        )
     if method == "vlb":
         if not isinstance(schedule, DiscreteSchedule):
             raise DifforgeError("nll.method=vlb needs a discrete schedule; use nll.method=ode")
@@ -42,13 +54,16 @@ def likelihood_metrics(
             denoiser, schedule, x, variance=variance, discretized=is_image, generator=generator
         )
         return {"nll_bpd_vlb": float(bound["total"].mean())}
+    if is_image:
+        # 8-bit pixels: the ODE density of dequantised points, not of the bin centres.
+        x = dequantize(x, generator=generator)
     with torch.no_grad():
         log_prob = ode_log_likelihood(
             denoiser,
             x,
             schedule.sigma_min,
             schedule.sigma_max,
-            steps=cfg.nll.ode_steps,
+            steps=cfg.nll.ode_steps or DEFAULT_ODE_STEPS,
             num_probes=None if num_dims <= 4 else 1,
             generator=generator,
         )
@@ -63,13 +78,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     generator = torch.Generator(
         device=device if isinstance(model, DiffusionModule) else "cpu"
     ).manual_seed(cfg.seed)
+    labels = sampling_labels(cfg, model)
     result = model.generate(
-        cfg.num_samples, generator=generator, batch_size=cfg.batch_size, progress=True
+        cfg.num_samples,
+        generator=generator,
+        batch_size=cfg.batch_size,
+        class_labels=labels,
+        use_ema=cfg.use_ema,
+        progress=True,
     )
     metrics: dict[str, float] = {
         "nfe": float(result.nfe),
         "num_samples": float(result.samples.shape[0]),
     }
+    if cfg.get("class_label") is not None:
+        metrics["class_label"] = float(cfg.class_label)
+        if mixture is not None:
+            # A mixture's labels are its component indices: one class is one component.
+            k = int(cfg.class_label)
+            mixture = GaussianMixture([1.0], mixture.means[k : k + 1], mixture.stds[k : k + 1])
     if mixture is not None:
         metrics.update(mixture_metrics(result.samples, mixture, seed=cfg.seed))
     if isinstance(model, DiffusionModule):

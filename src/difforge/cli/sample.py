@@ -63,34 +63,83 @@ class OracleSampling:
         )
 
 
+# Options of sample.yaml / eval.yaml that only a trained checkpoint can use, with their defaults.
+CHECKPOINT_ONLY_OPTIONS = {"use_ema": True, "guidance_scale": None, "class_label": None}
+
+
+def known_mixture(data_cfg: DictConfig) -> Any:
+    """The exact law of the data (``datamodule.mixture``), or None when it is not known."""
+    if "Mixture" not in str(data_cfg.get("_target_", "")):
+        return None
+    return instantiate(data_cfg).mixture
+
+
+def load_oracle(cfg: DictConfig, sampler: Sampler) -> tuple[Any, Any, None]:
+    if cfg.get("model") is None:
+        raise DifforgeError(
+            "give ckpt_path=<checkpoint> (or model=gmm_oracle data=gmm1d for the exact model)"
+        )
+    if "GaussianMixtureOracle" not in str(cfg.model.get("_target_", "")):
+        raise DifforgeError(
+            f"model {cfg.model._target_} needs training: give ckpt_path=<checkpoint>"
+        )
+    for key, default in CHECKPOINT_ONLY_OPTIONS.items():
+        if cfg.get(key, default) != default:
+            raise DifforgeError(
+                f"{key}={cfg.get(key)} needs a trained checkpoint (ckpt_path=...): the exact model "
+                "has no EMA weights and no class conditioning"
+            )
+    if cfg.get("data") is None:
+        raise DifforgeError(
+            "model=gmm_oracle needs the mixture it is exact for: data=gmm1d or data=gmm2d"
+        )
+    mixture = known_mixture(cfg.data)
+    if mixture is None:
+        raise DifforgeError(
+            f"model=gmm_oracle needs data with a known Gaussian mixture (gmm1d, gmm2d); "
+            f"{cfg.data._target_} has none"
+        )
+    oracle = instantiate(cfg.model, mixture=mixture)
+    schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else EDMSchedule()
+    return OracleSampling(oracle, schedule, sampler), mixture, None
+
+
+def sampling_labels(cfg: DictConfig, model: Any) -> torch.Tensor | None:
+    """The class label of every sample: ``class_label`` for all, else the classes in turn for a
+    class-conditional model; None for an unconditional one."""
+    num_classes = int(getattr(model, "num_classes", 0))
+    label = cfg.get("class_label")
+    if label is None:
+        return torch.arange(cfg.num_samples) % num_classes if num_classes else None
+    if num_classes == 0:
+        raise DifforgeError(
+            f"class_label={label} needs a class-conditional model; this one is unconditional "
+            "(model.num_classes=0)"
+        )
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
+        raise DifforgeError(f"class_label must be an integer in [0, {num_classes}), got {label!r}")
+    return torch.full((cfg.num_samples,), label, dtype=torch.long)
+
+
 def load_model(
     cfg: DictConfig, sampler: Sampler, device: torch.device
 ) -> tuple[Any, Any, DictConfig | None]:
     """The model to sample, the mixture of its data if known, and its training config (None for an
     exact model)."""
     if cfg.ckpt_path is None:
-        if cfg.get("model") is None:
-            raise DifforgeError(
-                "give ckpt_path=<checkpoint> (or model=gmm_oracle data=gmm1d for the exact model)"
-            )
-        oracle = instantiate(cfg.model)
-        if not isinstance(oracle, GaussianMixtureOracle):
-            raise DifforgeError(
-                f"model {cfg.model._target_} needs training: give ckpt_path=<checkpoint>"
-            )
-        schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else EDMSchedule()
-        return OracleSampling(oracle, schedule, sampler), oracle.mixture, None
+        return load_oracle(cfg, sampler)
+    given = [group for group in ("data", "model", "schedule") if cfg.get(group) is not None]
+    if given:
+        raise DifforgeError(
+            f"{', '.join(given)} cannot be chosen with ckpt_path: a checkpoint brings its own "
+            "(drop them, or drop ckpt_path for model=gmm_oracle)"
+        )
     module, train_cfg = module_from_checkpoint(cfg.ckpt_path)
     module.sampler = sampler
     if cfg.get("guidance_scale") is not None:
         module.guidance_scale = float(cfg.guidance_scale)
     module.to(device)
-    mixture = None
-    if "mixture" in str(train_cfg.data.get("_target_", "")).lower() or "weights" in train_cfg.data:
-        mixture = GaussianMixtureOracle.from_config(
-            train_cfg.data.weights, train_cfg.data.means, train_cfg.data.stds
-        ).mixture
-    return module, mixture, train_cfg
+    return module, known_mixture(train_cfg.data), train_cfg
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
@@ -103,14 +152,13 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     generator = torch.Generator(
         device=device if isinstance(model, DiffusionModule) else "cpu"
     ).manual_seed(cfg.seed)
-    labels = None
-    if cfg.get("class_label") is not None:
-        labels = torch.full((cfg.num_samples,), int(cfg.class_label), dtype=torch.long)
+    labels = sampling_labels(cfg, model)
     result = model.generate(
         cfg.num_samples,
         generator=generator,
         batch_size=cfg.batch_size,
         class_labels=labels,
+        use_ema=cfg.use_ema,
         progress=True,
     )
     out = output_dir()
@@ -120,7 +168,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         if samples.ndim == 4
         else samples.reshape(samples.shape[0], -1).float().numpy()
     )
-    np.savez(out / "samples.npz", array)
+    # arr_1: the class labels, as in guided-diffusion's sample files.
+    np.savez(out / "samples.npz", array, *([] if labels is None else [labels.numpy()]))
     save_samples_figure(
         samples[:256] if samples.ndim == 4 else samples,
         out / "samples.png",

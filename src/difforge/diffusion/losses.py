@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from difforge.diffusion.parameterization import Denoiser
+from difforge.diffusion.parameterization import Denoiser, noisy_input
 
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 
@@ -60,7 +60,8 @@ class DenoisingLoss(nn.Module):
         if self.weighting == "min_snr":
             return (1 / sigma**2).clamp(max=self.min_snr_gamma)
         if self.weighting == "edm":
-            return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+            # (sigma^2 + sd^2) / (sigma sd)^2, written to stay finite at sigma = inf
+            return 1 / self.sigma_data**2 + sigma**-2
         return torch.ones_like(sigma)
 
     def target_weight(self, denoiser: Denoiser, sigma: Tensor) -> Tensor:
@@ -77,7 +78,7 @@ class DenoisingLoss(nn.Module):
         noise: Tensor,
         class_labels: Tensor | None = None,
     ) -> Tensor:
-        x = x0 + sigma.reshape(-1, *([1] * (x0.ndim - 1))) * noise
+        x = noisy_input(x0, noise, sigma)
         prediction = denoiser.predict(x, sigma, class_labels)
         target = denoiser.parameterization.target(x0, noise, sigma)
         return self.target_weight(denoiser, sigma) * mean_over_dims(

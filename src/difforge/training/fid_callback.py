@@ -237,15 +237,7 @@ class FIDCallback(Callback):
         if self.steps is None:
             return self.sampler
         base: Sampler = self.sampler or pl_module.sampler  # type: ignore[assignment]
-        return Sampler(
-            base.algorithm,
-            self.steps,
-            base.grid,
-            base.sigma_min,
-            base.sigma_max,
-            base.rho,
-            **base.options,
-        )
+        return base.replace(steps=self.steps)
 
     # ----- schedule
     def should_evaluate(self, trainer: L.Trainer) -> bool:
@@ -336,15 +328,22 @@ class FIDCallback(Callback):
 
 class BestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` for a metric that only some runs log (``val/fid``): until the metric
-    exists it skips top-k saving with one warning instead of failing (vector data, where the FID
-    callback is off, or a run without the FID callback)."""
+    exists it skips top-k saving silently (a run shorter than its first validation). When no
+    enabled ``FIDCallback`` can ever log it (vector data, or no FID callback), it says so once at
+    the start."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.monitor == "val/fid":
+            fid = [c for c in trainer.callbacks if isinstance(c, FIDCallback) and c.enabled]  # type: ignore[attr-defined]
+            if not fid:
+                rank_zero_warn(
+                    "callbacks.best_checkpoint: no FID callback is on for this run, so val/fid is "
+                    "never logged and no best.ckpt is kept",
+                    category=UserWarning,
+                )
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
-            rank_zero_warn(
-                f"{self.monitor} was not logged (is callbacks.fid on, with image data?): "
-                f"no best checkpoint saved yet",
-                category=UserWarning,
-            )
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)

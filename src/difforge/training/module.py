@@ -259,6 +259,21 @@ class DiffusionModule(L.LightningModule):
         for metric in self._quartile_metrics:
             metric.reset()
 
+    def on_validation_start(self) -> None:
+        # Validation and the callbacks that sample at its end (FID, grids) must not move the RNG
+        # the training noise comes from: a resumed run does not repeat the validation that
+        # followed its last step, and must still draw the noise an uninterrupted run draws.
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self._training_rng = (torch.get_rng_state(), cuda)
+
+    def on_validation_end(self) -> None:
+        # Module hooks run after the callbacks' (FID draws its samples in on_validation_end).
+        state = getattr(self, "_training_rng", None)
+        if state is not None:
+            torch.set_rng_state(state[0])
+            if state[1] is not None:
+                torch.cuda.set_rng_state_all(state[1])
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x0, y = batch
         x0 = self._prepare(x0)
