@@ -61,7 +61,7 @@ def test_sigma_table_and_timestep_inverse(schedule):
     assert (
         drawn.dtype == torch.float32
         and schedule.sigma_min <= drawn.min()
-        and drawn.max() <= schedule.sigma_max * (1 + 1e-6)
+        and drawn.max() <= schedule.sigmas[-1] * (1 + 1e-6)
     )
 
 
@@ -89,3 +89,35 @@ def test_bad_num_timesteps_is_refused_with_its_value(bad):
 def test_bad_edm_range_is_refused():
     with pytest.raises(ValueError, match="sigma_min=5"):
         EDMSchedule(sigma_min=5, sigma_max=1)
+
+
+@pytest.mark.parametrize("schedule", [CosineSchedule(), SigmoidSchedule()], ids=lambda s: s.name)
+def test_sampling_top_is_never_a_clipped_beta(schedule):
+    """Clipping beta_T at 0.999 puts sigma_T near 2e4 (cosine); samplers start one step below."""
+    assert schedule.betas[-1] == 0.999 and schedule.betas[-2] < 0.999
+    assert schedule.sigma_max == schedule.sigmas[-2] < schedule.sigmas[-1] / 10
+    assert LinearSchedule().sigma_max == LinearSchedule().sigmas[-1]
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        LinearSchedule(rescale_zero_terminal_snr=True),
+        CosineSchedule(rescale_zero_terminal_snr=True),
+        SigmoidSchedule(rescale_zero_terminal_snr=True),
+    ],
+    ids=lambda s: s.name,
+)
+def test_zero_terminal_snr_rescaling(schedule):
+    """Lin et al. 2024, algorithm 1: sqrt(abar) shifted and scaled so abar_T = 0 exactly and
+    abar_1 is kept; sqrt(abar) stays an affine map of the original one."""
+    original = type(schedule)()
+    abar, abar0 = schedule.alphas_cumprod, original.alphas_cumprod
+    assert abar[-1] == 0 and schedule.betas[-1] == 1 and math.isinf(schedule.sigma_max)
+    torch.testing.assert_close(abar[0], abar0[0], rtol=1e-12, atol=0)
+    if isinstance(schedule, LinearSchedule):  # unclipped: the map is exactly affine
+        slope = (abar.sqrt()[1:-1] - abar.sqrt()[-1]) / (abar0.sqrt()[1:-1] - abar0.sqrt()[-1])
+        torch.testing.assert_close(slope, slope[0].expand_as(slope), rtol=1e-9, atol=0)
+    assert (abar[1:] < abar[:-1]).all()
+    labels = schedule.noise_labels(torch.tensor([math.inf, float(schedule.sigmas[-2])]))
+    torch.testing.assert_close(labels, torch.tensor([999.0, 998.0]))

@@ -39,13 +39,14 @@ def make_mixture(name: str) -> GaussianMixture:
 
 class BatchSigmaOracle(GaussianMixtureOracle):
     """The oracle, computing the per-component variances once when the whole batch shares one
-    sigma (every sampler's call): the same values as ``GaussianMixtureOracle``, about twice as
-    fast."""
+    finite sigma (every sampler's call): the same values as ``GaussianMixtureOracle``, about
+    twice as fast."""
 
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        if sigma.numel() > 1 and bool((sigma == sigma[0]).all()):
-            sigma = sigma[:1]
-        return self.mixture.denoise(x, sigma)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+        if sigma.numel() > 1 and bool(sigma[0].isfinite()) and bool((sigma == sigma[0]).all()):
+            return self.mixture.denoise(x, sigma[:1])
+        return super().forward(x, sigma, class_labels)
 
 
 class MixtureScore:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from difforge.diffusion.parameterization import Denoiser
+from difforge.diffusion.parameterization import Denoiser, noisy_input
 
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 
@@ -77,7 +77,7 @@ class DenoisingLoss(nn.Module):
         noise: Tensor,
         class_labels: Tensor | None = None,
     ) -> Tensor:
-        x = x0 + sigma.reshape(-1, *([1] * (x0.ndim - 1))) * noise
+        x = noisy_input(x0, noise, sigma)
         prediction = denoiser.predict(x, sigma, class_labels)
         target = denoiser.parameterization.target(x0, noise, sigma)
         return self.target_weight(denoiser, sigma) * mean_over_dims(

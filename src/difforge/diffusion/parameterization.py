@@ -20,12 +20,20 @@ name        c_skip                       c_out                           F predi
 ==========  ===========================  ==============================  ==========================
 
 The network's regression target is ``F* = (x_0 - c_skip x) / c_out`` (EDM eq. 8), written here
-in closed form in ``x_0`` and ``eps`` so it stays exact as ``sigma -> 0``. Conversions between
+in closed form in ``x_0`` and ``eps`` so it stays exact as ``sigma -> 0`` and finite at
+``sigma = inf``.
+
+Zero terminal SNR (Lin et al. 2024): at ``sigma = inf`` the VE point is infinite, so the
+convention is that ``x`` holds the unit noise ``lim x / sigma`` (the VP latent) there; then
+``c_in x -> x`` and ``c_skip x -> skip_at_infinity * x`` with ``skip_at_infinity = lim c_skip
+sigma`` (0 for x0, v and edm). eps-prediction has no limit (x_0 = x - sigma eps): it cannot be
+used with an infinite sigma (Lin et al., sec. 3.2). Conversions between
 predictions (x0, eps, v, score) live here too.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -48,9 +56,17 @@ def x0_from_eps(x: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
 
 
 def v_from_x0_eps(x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
-    """v = alpha eps - sigma_vp x0 with alpha = 1/sqrt(1+sigma^2), sigma_vp = sigma alpha."""
+    """v = alpha eps - sigma_vp x0 with alpha = 1/sqrt(1+sigma^2), sigma_vp = sigma alpha
+    = 1/sqrt(1 + sigma^-2) (finite at sigma = inf, where v = -x0)."""
     s = _expand(sigma, x0)
-    return (eps - s * x0) / (1 + s**2).sqrt()
+    return eps / (1 + s**2).sqrt() - x0 / (1 + s**-2).sqrt()
+
+
+def noisy_input(x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+    """``x = x0 + sigma noise`` (VE frame), ``noise`` itself where ``sigma = inf`` (the module
+    docstring's convention for zero terminal SNR)."""
+    s = _expand(sigma, x0)
+    return torch.where(s.isinf(), noise, x0 + s.nan_to_num(posinf=0.0) * noise)
 
 
 def x0_from_v(x: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
@@ -71,6 +87,8 @@ class Parameterization:
     """Preconditioning coefficients ``(c_skip, c_out, c_in)`` and the network's target."""
 
     name: str = "base"
+    # lim_{sigma -> inf} c_skip(sigma) sigma; None where it diverges (eps-prediction).
+    skip_at_infinity: float | None = 0.0
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
@@ -85,6 +103,7 @@ class Parameterization:
 
 class EpsParameterization(Parameterization):
     name = "eps"
+    skip_at_infinity = None
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt()
@@ -107,8 +126,8 @@ class VParameterization(Parameterization):
     name = "v"
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        norm = (sigma**2 + 1).sqrt()
-        return 1 / (sigma**2 + 1), -sigma / norm, 1 / norm
+        # c_out = -sigma / sqrt(sigma^2 + 1), written to stay finite at sigma = inf.
+        return 1 / (sigma**2 + 1), -1 / (1 + sigma**-2).sqrt(), 1 / (sigma**2 + 1).sqrt()
 
     def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
         return v_from_x0_eps(x0, noise, sigma)
@@ -126,14 +145,16 @@ class EDMParameterization(Parameterization):
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         sd2 = self.sigma_data**2
-        norm = (sigma**2 + sd2).sqrt()
-        return sd2 / (sigma**2 + sd2), sigma * self.sigma_data / norm, 1 / norm
+        # c_out = sigma sd / sqrt(sigma^2 + sd^2), written to stay finite at sigma = inf.
+        c_out = self.sigma_data / (1 + sd2 * sigma**-2).sqrt()
+        return sd2 / (sigma**2 + sd2), c_out, 1 / (sigma**2 + sd2).sqrt()
 
     def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
-        # (x0 - c_skip (x0 + sigma n)) / c_out simplified: (sigma x0 - sd^2 n) / (sd sqrt(sigma^2 + sd^2))
+        # (x0 - c_skip (x0 + sigma n)) / c_out simplified: (sigma x0 - sd^2 n) / (sd sqrt(sigma^2 + sd^2)),
+        # each term divided through so that sigma = inf stays finite.
         s = _expand(sigma, x0)
         sd = self.sigma_data
-        return (s * x0 - sd**2 * noise) / (sd * (s**2 + sd**2).sqrt())
+        return x0 / (sd * (1 + sd**2 * s**-2).sqrt()) - sd * noise / (s**2 + sd**2).sqrt()
 
     def __repr__(self) -> str:
         return f"EDMParameterization(sigma_data={self.sigma_data})"
@@ -162,7 +183,12 @@ class Denoiser(nn.Module):
         net: ``net(x, noise_labels, class_labels) -> out`` (see ``difforge.nets``).
         schedule: gives ``c_noise`` through ``schedule.noise_labels(sigma)``.
         parameterization: gives ``c_skip, c_out, c_in``.
-    Call: ``x: (B, ...)`` in the VE frame, ``sigma: (B,)`` -> ``x0: (B, ...)``.
+    Call: ``x: (B, ...)`` in the VE frame, ``sigma: (B,)`` -> ``x0: (B, ...)``; rows with
+    ``sigma = inf`` hold the unit noise (module docstring).
+
+    Raises:
+        ValueError: a schedule with zero terminal SNR and a parameterization that cannot
+            denoise pure noise (eps).
     """
 
     def __init__(
@@ -172,6 +198,13 @@ class Denoiser(nn.Module):
         self.net = net
         self.schedule = schedule
         self.parameterization = parameterization
+        self.zero_terminal_snr = math.isinf(schedule.sigma_max)
+        if self.zero_terminal_snr and parameterization.skip_at_infinity is None:
+            raise ValueError(
+                f"parameterization={parameterization.name} cannot predict x0 from pure noise, "
+                "which a zero-terminal-SNR schedule (sigma_T = inf) needs: use v, x0 or edm "
+                "(Lin et al. 2024, sec. 3.2)"
+            )
 
     @property
     def learned_variance(self) -> bool:
@@ -186,11 +219,17 @@ class Denoiser(nn.Module):
     ) -> NetworkOutput:
         sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
         c_skip, c_out, c_in = self.parameterization.coefficients(sigma)
-        out = self.net(_expand(c_in, x) * x, self.schedule.noise_labels(sigma), class_labels)
+        net_input, skip = _expand(c_in, x) * x, _expand(c_skip, x) * x
+        if self.zero_terminal_snr:
+            at_infinity = sigma.isinf().reshape(-1, *([1] * (x.ndim - 1)))
+            net_input = torch.where(at_infinity, x, net_input)
+            skip_limit = self.parameterization.skip_at_infinity * x  # type: ignore[operator]
+            skip = torch.where(at_infinity, skip_limit, skip)
+        out = self.net(net_input, self.schedule.noise_labels(sigma), class_labels)
         variance_value = None
         if self.learned_variance:
             out, variance_value = out.chunk(2, dim=1)
-        x0 = _expand(c_skip, x) * x + _expand(c_out, x) * out.to(x.dtype)
+        x0 = skip + _expand(c_out, x) * out.to(x.dtype)
         return NetworkOutput(x0, out, variance_value)
 
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:

@@ -62,6 +62,11 @@ class NoiseSchedule:
     def noise_labels(self, sigma: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def prior_scale(self, sigma: float) -> float:
+        """Standard deviation of the sampler's starting draw at noise level ``sigma`` in the VE
+        frame, per unit of standard-normal noise: the schedule's prior."""
+        raise NotImplementedError
+
     def training_quantile(self, sigma: Tensor) -> Tensor:
         """Where ``sigma`` lies in the training noise law, in [0, 1] (its CDF): t / T for discrete
         schedules. Used to report the loss per quartile of noise."""
@@ -77,25 +82,66 @@ class DiscreteSchedule(NoiseSchedule):
     """A DDPM schedule given by its betas ``(T,)`` (Ho et al. 2020, sec. 2).
 
     ``alphas_cumprod[t - 1] = abar_t = prod_{s=1..t} (1 - beta_s)``, float64.
+
+    Args:
+        betas: ``(T,)`` in (0, 1], before clipping.
+        max_beta: clip betas at this value (Nichol & Dhariwal 2021, sec. 3.2); None: no clipping.
+        rescale_zero_terminal_snr: rescale ``sqrt(abar)`` linearly so that ``abar_T = 0`` exactly
+            while ``abar_1`` is unchanged (Lin et al. 2024, "Common Diffusion Noise Schedules and
+            Sample Steps are Flawed", algorithm 1). Then ``beta_T = 1``, ``sigma_T = inf``: the
+            last step is pure noise, and only parameterizations that can predict x_0 from pure
+            noise (v, x0, edm) can be trained on it (Lin et al., sec. 3.2).
+
+    ``sigma_max`` is the top a sampler starts from: the largest sigma whose beta was not clipped
+    (a clipped last beta, 0.999 in cosine, would put it at about 2e4 where any noise-prediction
+    error is multiplied by sigma), or ``inf`` with zero terminal SNR.
+
+    Raises:
+        ValueError: betas not in (0, 1], or a beta of 1 before the last step.
     """
 
     is_discrete = True
 
-    def __init__(self, betas: Tensor) -> None:
+    def __init__(
+        self,
+        betas: Tensor,
+        max_beta: float | None = None,
+        rescale_zero_terminal_snr: bool = False,
+    ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or len(betas) < 2:
             raise ValueError(
                 f"betas must be a 1-D tensor of length >= 2, got shape {tuple(betas.shape)}"
             )
-        if not ((betas > 0) & (betas < 1)).all():
-            raise ValueError("every beta must lie in (0, 1)")
+        if not ((betas > 0) & (betas <= 1)).all() or (betas[:-1] >= 1).any():
+            raise ValueError("every beta must lie in (0, 1), the last one in (0, 1]")
+        top_index = len(betas) - 1
+        if rescale_zero_terminal_snr:
+            betas = _rescale_zero_terminal_snr(betas)
+        elif max_beta is not None:
+            clipped = betas >= max_beta
+            if clipped.any():
+                top_index = int(clipped.nonzero()[0]) - 1
+            betas = betas.clamp(max=max_beta)
+            if top_index < 0:
+                raise ValueError(f"max_beta={max_beta} clips every beta")
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if rescale_zero_terminal_snr:
+            self.alphas_cumprod[-1] = 0.0  # exactly, not a rounding residue
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        self.rescale_zero_terminal_snr = bool(rescale_zero_terminal_snr)
         # Python floats: reading them inside a compiled function causes no graph break.
-        self._sigma_min, self._sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
+        self._sigma_min, self._sigma_max = float(self.sigmas[0]), float(self.sigmas[top_index])
+        # The largest finite sigma of the table: noise labels are interpolated below it.
+        self._sigma_finite_max = float(self.sigmas[torch.isfinite(self.sigmas)][-1])
         self._log_sigmas_by_device: dict[torch.device, Tensor] = {}
+
+    def prior_scale(self, sigma: float) -> float:
+        """The VP prior N(0, I) in the VE frame: ``x_T = sqrt(1 + sigma_T^2) z`` (Song et al.
+        2021, eq. 28); at ``sigma = inf`` the sampler starts from ``z`` itself."""
+        return math.sqrt(1 + sigma**2)
 
     @property
     def num_timesteps(self) -> int:
@@ -138,11 +184,14 @@ class DiscreteSchedule(NoiseSchedule):
         query a network trained on discrete timesteps, as k-diffusion does.
         """
         log_sigmas = self._log_sigmas(sigma.device)
-        log_sigma = sigma.to(torch.float32).clamp(min=self.sigma_min, max=self.sigma_max).log()
+        sigma = sigma.to(torch.float32)
+        log_sigma = sigma.clamp(min=self.sigma_min, max=self._sigma_finite_max).log()
         high = torch.searchsorted(log_sigmas, log_sigma).clamp(1, self.num_timesteps - 1)
         low = high - 1
         frac = (log_sigma - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])
-        return low.to(torch.float32) + frac.clamp(0, 1)
+        timestep = low.to(torch.float32) + frac.nan_to_num(0.0).clamp(0, 1)
+        # Zero terminal SNR: sigma = inf is the last timestep, not an interpolation.
+        return torch.where(sigma.isinf(), float(self.num_timesteps - 1), timestep)
 
     def sigma_to_index(self, sigma: Tensor) -> Tensor:
         """Nearest integer timestep index ``t - 1`` for sigmas on the table: ``(B,)`` long."""
@@ -161,20 +210,35 @@ class LinearSchedule(DiscreteSchedule):
     name = "linear"
 
     def __init__(
-        self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+        self,
+        num_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        rescale_zero_terminal_snr: bool = False,
     ) -> None:
         _check_num_timesteps(num_timesteps)
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(
                 f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
             )
-        super().__init__(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64))
+        super().__init__(
+            torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64),
+            rescale_zero_terminal_snr=rescale_zero_terminal_snr,
+        )
 
 
-def _betas_from_alphas_cumprod(abar: Tensor, max_beta: float) -> Tensor:
-    """beta_t = min(1 - abar_t / abar_{t-1}, max_beta) with abar_0 = 1 (Nichol & Dhariwal eq. 17)."""
+def _betas_from_alphas_cumprod(abar: Tensor) -> Tensor:
+    """beta_t = 1 - abar_t / abar_{t-1} with abar_0 = 1 (Nichol & Dhariwal eq. 17, before clipping)."""
     previous = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    return (1 - abar / previous).clamp(max=max_beta)
+    return 1 - abar / previous
+
+
+def _rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al. 2024, algorithm 1: shift and scale sqrt(abar) to end at 0, keeping abar_1."""
+    sqrt_abar = torch.cumprod(1 - betas, dim=0).sqrt()
+    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+    sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    return _betas_from_alphas_cumprod(sqrt_abar**2)
 
 
 class CosineSchedule(DiscreteSchedule):
@@ -186,14 +250,23 @@ class CosineSchedule(DiscreteSchedule):
     name = "cosine"
 
     def __init__(
-        self, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = MAX_BETA
+        self,
+        num_timesteps: int = 1000,
+        s: float = 0.008,
+        max_beta: float = MAX_BETA,
+        rescale_zero_terminal_snr: bool = False,
     ) -> None:
         _check_num_timesteps(num_timesteps)
         if s < 0:
             raise ValueError(f"cosine schedule offset s must be >= 0, got {s}")
         t = torch.arange(num_timesteps + 1, dtype=torch.float64)
         f = torch.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
-        super().__init__(_betas_from_alphas_cumprod((f / f[0])[1:], max_beta))
+        # f(T) = 0: unclipped, the last beta is 1 (zero terminal SNR already).
+        super().__init__(
+            _betas_from_alphas_cumprod((f / f[0])[1:]).clamp(max=1.0),
+            max_beta=max_beta,
+            rescale_zero_terminal_snr=rescale_zero_terminal_snr,
+        )
 
 
 class SigmoidSchedule(DiscreteSchedule):
@@ -212,6 +285,7 @@ class SigmoidSchedule(DiscreteSchedule):
         end: float = 3.0,
         tau: float = 1.0,
         max_beta: float = MAX_BETA,
+        rescale_zero_terminal_snr: bool = False,
     ) -> None:
         _check_num_timesteps(num_timesteps)
         if not start < end or tau <= 0:
@@ -222,7 +296,11 @@ class SigmoidSchedule(DiscreteSchedule):
         v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
         v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
         abar = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)
-        super().__init__(_betas_from_alphas_cumprod(abar.clamp(min=1e-12), max_beta))
+        super().__init__(
+            _betas_from_alphas_cumprod(abar.clamp(min=1e-12)),
+            max_beta=max_beta,
+            rescale_zero_terminal_snr=rescale_zero_terminal_snr,
+        )
 
 
 class EDMSchedule(NoiseSchedule):
@@ -278,6 +356,10 @@ class EDMSchedule(NoiseSchedule):
 
     def noise_labels(self, sigma: Tensor) -> Tensor:
         return sigma.to(torch.float32).log() / 4
+
+    def prior_scale(self, sigma: float) -> float:
+        """EDM's VE prior: ``x = sigma_max n`` (Karras et al. 2022, algorithm 1, line 1)."""
+        return sigma
 
     def training_quantile(self, sigma: Tensor) -> Tensor:
         z = (sigma.to(torch.float32).log() - self.P_mean) / self.P_std

@@ -237,15 +237,7 @@ class FIDCallback(Callback):
         if self.steps is None:
             return self.sampler
         base: Sampler = self.sampler or pl_module.sampler  # type: ignore[assignment]
-        return Sampler(
-            base.algorithm,
-            self.steps,
-            base.grid,
-            base.sigma_min,
-            base.sigma_max,
-            base.rho,
-            **base.options,
-        )
+        return base.replace(steps=self.steps)
 
     # ----- schedule
     def should_evaluate(self, trainer: L.Trainer) -> bool:

@@ -1,52 +1,33 @@
-"""Samplers: one function per algorithm with one signature, and ``Sampler``, the configured front
-door that builds the sigma grid, draws the starting noise and counts function evaluations.
+"""Samplers: one function per algorithm with one signature (registered in ``registry.py``), and
+``Sampler``, the configured front door that checks the options, builds the sigma grid, draws the
+starting point from the schedule's prior and counts network evaluations.
 
 Every algorithm is ``sample_<name>(denoiser, x, sigmas, *, generator, callback, class_labels,
-**options) -> x0`` with ``x = sigmas[0] * N(0, I)`` and ``sigmas`` decreasing to 0 (the
-k-diffusion convention), so any sampler runs on any model and any schedule.
+**options) -> x`` with ``x`` at noise level ``sigmas[0]`` in the VE frame and ``sigmas``
+decreasing to 0 or to sigma_min (the k-diffusion convention), so any sampler runs on any model
+and any schedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from difforge.diffusion.samplers.common import DenoiserFn, StepCallback
-from difforge.diffusion.samplers.ddim import sample_ddim
-from difforge.diffusion.samplers.ddpm import sample_ddpm
-from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
-from difforge.diffusion.samplers.euler import sample_euler
-from difforge.diffusion.samplers.heun import sample_heun
+from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, noise_like, report
+from difforge.diffusion.samplers.registry import SAMPLERS, SamplerSpec, get_sampler_spec
 from difforge.diffusion.schedules import NoiseSchedule
-from difforge.diffusion.sigma_grids import sigma_grid
+from difforge.diffusion.sigma_grids import check_grid, check_steps, sigma_grid
 
-ALGORITHMS: dict[str, Callable[..., Tensor]] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "euler": sample_euler,
-    "heun": sample_heun,
-    "dpmpp_2m": sample_dpmpp_2m,
-}
-# Samplers of discrete-time models default to the model's own timesteps; ODE solvers to EDM's grid.
-DEFAULT_GRIDS = {
-    "ddpm": "discrete",
-    "ddim": "discrete",
-    "euler": "karras",
-    "heun": "karras",
-    "dpmpp_2m": "karras",
-}
-# EDM's sigma_max (Karras et al. 2022, sec. 5): enough to reach noise for data of unit scale. Karras
-# grids start no higher by default, since a schedule's own top (about 2e4 for cosine with clipped
-# betas) would spend most steps where the sample barely changes.
-KARRAS_SIGMA_MAX = 80.0
+__all__ = ["SAMPLERS", "CountingDenoiser", "SampleResult", "Sampler", "SamplerSpec"]
 
 
 class CountingDenoiser:
-    """Wraps a denoiser and counts its calls: the number of function evaluations (NFE)."""
+    """Wraps a denoiser and counts network evaluations per sample (NFE): a wrapper that runs the
+    network on a doubled batch (classifier-free guidance) declares ``evals_per_call = 2``."""
 
     def __init__(self, denoiser: DenoiserFn) -> None:
         self.denoiser = denoiser
@@ -55,36 +36,43 @@ class CountingDenoiser:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.denoiser, name)
 
+    def _count(self) -> None:
+        self.nfe += int(getattr(self.denoiser, "evals_per_call", 1))
+
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        self.nfe += 1
+        self._count()
         return self.denoiser(x, sigma, class_labels)
 
     def predict(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Any:
-        self.nfe += 1
+        self._count()
         return self.denoiser.predict(x, sigma, class_labels)  # type: ignore[attr-defined]
 
 
 @dataclass
 class SampleResult:
+    """``samples``: ``shape``; ``nfe``: network evaluations per sample; ``sigmas``: the grid."""
+
     samples: Tensor
     nfe: int
     sigmas: Tensor
 
 
 class Sampler:
-    """A sampling algorithm with its step count, grid and options.
+    """A sampling algorithm with its step count, grid and options, checked when built.
 
     Args:
-        algorithm: one of ``ddpm``, ``ddim``, ``euler``, ``heun``, ``dpmpp_2m``.
-        steps: number of steps (grid intervals); NFE equals steps except for ``heun``
-            (2 steps - 1).
-        grid: ``discrete`` (the schedule's own timesteps, respaced) or ``karras`` (EDM eq. 5);
-            None picks the algorithm's default.
-        sigma_min, sigma_max: grid range for ``karras``; None uses the schedule's (sigma_max capped
-            at ``KARRAS_SIGMA_MAX``).
-        rho: Karras grid exponent.
+        algorithm: a name in ``SAMPLERS`` (``sampler=<name>``).
+        steps: number of steps (grid intervals); NFE = ``SAMPLERS[algorithm].nfe(steps)``.
+        grid: a name in ``sigma_grids.GRIDS``; None picks the algorithm's default for the kind
+            of schedule (``SamplerSpec.default_grids``, chosen by benchmark).
+        final_sigma: ``zero`` (the last step returns the denoised estimate) or ``min``.
+        sigma_min, sigma_max: range of continuous grids; None uses the schedule's.
+        rho: exponent of the ``karras`` and ``polynomial`` grids (None: 7).
         **options: the algorithm's own options (``eta`` for ddim, ``variance`` for ddpm,
-            ``S_churn``... for euler/heun).
+            ``S_churn``... for euler/heun), checked against its signature and values.
+
+    Raises:
+        ValueError: one line naming the bad value and what is allowed.
     """
 
     def __init__(
@@ -92,33 +80,63 @@ class Sampler:
         algorithm: str,
         steps: int,
         grid: str | None = None,
+        final_sigma: str = "zero",
         sigma_min: float | None = None,
         sigma_max: float | None = None,
-        rho: float = 7.0,
+        rho: float | None = None,
         **options: Any,
     ) -> None:
-        if algorithm not in ALGORITHMS:
+        self.spec = get_sampler_spec(algorithm)
+        check_steps(steps)
+        check_grid(grid or "karras", final_sigma, rho)
+        unknown = sorted(set(options) - set(self.spec.options))
+        if unknown:
+            allowed = ", ".join(self.spec.options) or "none"
             raise ValueError(
-                f"unknown sampler algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}"
+                f"unknown option {unknown[0]!r} for sampler {algorithm!r}; its options: {allowed}"
             )
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"sampler.steps must be a positive integer, got {steps!r}")
+        self.spec.check(**options)
         self.algorithm = algorithm
         self.steps = steps
-        self.grid = grid or DEFAULT_GRIDS[algorithm]
+        self.grid = grid
+        self.final_sigma = final_sigma
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.rho = rho
         self.options = options
 
+    def replace(self, **changes: Any) -> Sampler:
+        """A copy with some settings changed, e.g. ``sampler.replace(steps=10)``."""
+        settings = {
+            "algorithm": self.algorithm,
+            "steps": self.steps,
+            "grid": self.grid,
+            "final_sigma": self.final_sigma,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "rho": self.rho,
+            **self.options,
+        }
+        return Sampler(**{**settings, **changes})
+
+    @property
+    def stochastic(self) -> bool:
+        return self.spec.is_stochastic(self.options)
+
+    def grid_for(self, schedule: NoiseSchedule) -> str:
+        return self.grid or self.spec.default_grid(schedule)
+
     def sigmas(self, schedule: NoiseSchedule) -> Tensor:
-        grid = self.grid
-        if grid == "discrete" and not schedule.is_discrete:
-            grid = "karras"  # continuous schedules have no timestep table
-        sigma_max = self.sigma_max
-        if grid == "karras" and sigma_max is None:
-            sigma_max = min(schedule.sigma_max, KARRAS_SIGMA_MAX)
-        return sigma_grid(schedule, self.steps, grid, self.sigma_min, sigma_max, self.rho)
+        """The decreasing float64 grid for ``schedule``; it starts at inf under zero terminal SNR."""
+        return sigma_grid(
+            schedule,
+            self.steps,
+            self.grid_for(schedule),
+            self.sigma_min,
+            self.sigma_max,
+            self.rho,
+            self.final_sigma,
+        )
 
     def __call__(
         self,
@@ -131,22 +149,54 @@ class Sampler:
         generator: torch.Generator | None = None,
         class_labels: Tensor | None = None,
         callback: StepCallback | None = None,
+        noise: Tensor | None = None,
     ) -> SampleResult:
-        """Draw ``shape[0]`` samples of shape ``shape[1:]``."""
-        sigmas = self.sigmas(schedule)
-        gen_device = generator.device if generator is not None else device
-        noise = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+        """Draw ``shape[0]`` samples of shape ``shape[1:]``.
+
+        ``noise``: standard-normal draws of ``shape`` to start from (as the ``latents`` of a
+        diffusers pipeline: the unit-variance VP latent); None draws them with ``generator``.
+        The start is ``schedule.prior_scale(sigma_0) * noise``: ``sqrt(1 + sigma^2)`` for VP
+        schedules, ``sigma`` for VE ones. A grid starting at sigma = inf (zero terminal SNR)
+        takes its first step here, exactly: the denoiser is called on the unit noise itself
+        (the limit of ``x / sigma``), and the step to sigma_1 is ``x0 + sigma_1 n``, with ``n``
+        the starting noise for deterministic samplers (DDIM's step) and fresh noise for
+        stochastic ones (the ancestral step from abar = 0).
+        """
+        grid = sigmas = self.sigmas(schedule)
+        if noise is None:
+            gen_device = generator.device if generator is not None else device
+            noise = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
+        elif tuple(noise.shape) != tuple(shape):
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)}, the samples need {tuple(shape)}"
+            )
+        noise = noise.to(device=device, dtype=dtype)
         counter = CountingDenoiser(denoiser)
-        samples = ALGORITHMS[self.algorithm](
+        top = float(sigmas[0])
+        offset = 0
+        if math.isinf(top):
+            x0 = denoise(counter, noise, top, class_labels)
+            report(callback, 0, noise, top, x0)
+            sigmas, offset = sigmas[1:], 1
+            if float(sigmas[0]) == 0:
+                return SampleResult(x0, counter.nfe, grid)
+            step_noise = noise_like(noise, generator) if self.stochastic else noise
+            x = x0 + float(sigmas[0]) * step_noise
+        else:
+            x = noise * schedule.prior_scale(top)
+        if callback is not None and offset:
+            outer = callback
+            callback = lambda info: outer({**info, "i": info["i"] + offset})  # noqa: E731
+        samples = self.spec.fn(
             counter,
-            noise * sigmas[0].item(),
+            x,
             sigmas,
             generator=generator,
             callback=callback,
             class_labels=class_labels,
             **self.options,
         )
-        return SampleResult(samples, counter.nfe, sigmas)
+        return SampleResult(samples, counter.nfe, grid)
 
     def __repr__(self) -> str:
         options = "".join(f", {k}={v!r}" for k, v in self.options.items())

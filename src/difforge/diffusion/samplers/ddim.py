@@ -21,6 +21,12 @@ from difforge.diffusion.forward import alpha_bar_from_sigma
 from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, noise_like, report
 
 
+def check_ddim_options(eta: float = 0.0) -> None:
+    """Raises ValueError for eta < 0."""
+    if eta < 0:
+        raise ValueError(f"sampler.eta must be >= 0, got {eta}")
+
+
 @torch.no_grad()
 def sample_ddim(
     denoiser: DenoiserFn,
@@ -33,8 +39,7 @@ def sample_ddim(
     class_labels: Tensor | None = None,
 ) -> Tensor:
     """x: ``sigmas[0] * N(0, I)`` in the VE frame; sigmas: decreasing, ending in 0."""
-    if eta < 0:
-        raise ValueError(f"sampler.eta must be >= 0, got {eta}")
+    check_ddim_options(eta)
     if eta > 0 and sigmas[-1] > sigmas[0]:
         raise ValueError("DDIM inversion (an increasing sigma grid) needs eta = 0")
     sigmas64 = sigmas.to(torch.float64)

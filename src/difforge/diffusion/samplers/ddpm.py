@@ -23,6 +23,12 @@ from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, noise_l
 VARIANCES = ("small", "large", "learned")
 
 
+def check_ddpm_options(variance: str = "small") -> None:
+    """Raises ValueError for an unknown variance."""
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown sampler.variance {variance!r}; allowed: {', '.join(VARIANCES)}")
+
+
 @torch.no_grad()
 def sample_ddpm(
     denoiser: DenoiserFn,
@@ -35,8 +41,7 @@ def sample_ddpm(
     class_labels: Tensor | None = None,
 ) -> Tensor:
     """x: ``sigmas[0] * N(0, I)`` in the VE frame; sigmas: decreasing, ending in 0."""
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown sampler.variance {variance!r}; allowed: {', '.join(VARIANCES)}")
+    check_ddpm_options(variance)
     if variance == "learned" and not getattr(denoiser, "learned_variance", False):
         raise ValueError(
             "sampler.variance='learned' needs a model trained with a learned variance (loss=hybrid)"

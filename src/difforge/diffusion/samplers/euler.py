@@ -38,7 +38,10 @@ def churn(
     return x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * noise_like(x, generator), sigma_hat
 
 
-def check_churn(S_churn: float, S_tmin: float, S_tmax: float, S_noise: float) -> None:
+def check_churn(
+    S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0
+) -> None:
+    """Raises ValueError for churn settings outside EDM algorithm 2's domain."""
     if S_churn < 0 or S_tmin < 0 or S_tmax < S_tmin or S_noise <= 0:
         raise ValueError(
             f"need S_churn >= 0, 0 <= S_tmin <= S_tmax, S_noise > 0; got S_churn={S_churn}, "

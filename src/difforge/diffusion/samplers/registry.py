@@ -1,0 +1,121 @@
+"""Every sampling algorithm, registered once: its function, whether it draws fresh noise, its
+network evaluations per step, the checker of its options and its default grid per kind of
+schedule. Scripts, configs, benchmarks and lessons read ``SAMPLERS``; adding a solver is its
+file plus one entry here plus ``configs/sampler/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from difforge.diffusion.samplers.ddim import check_ddim_options, sample_ddim
+from difforge.diffusion.samplers.ddpm import check_ddpm_options, sample_ddpm
+from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
+from difforge.diffusion.samplers.euler import check_churn, sample_euler
+from difforge.diffusion.samplers.heun import sample_heun
+from difforge.diffusion.schedules import NoiseSchedule
+
+# Arguments every solver takes that are not user options.
+_COMMON = frozenset({"denoiser", "x", "sigmas", "generator", "callback", "class_labels"})
+
+
+def _no_options(**options: Any) -> None:
+    """Solvers without option values to check."""
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampling algorithm.
+
+    Attributes:
+        name: the config name (``sampler=<name>``).
+        fn: ``fn(denoiser, x, sigmas, *, generator, callback, class_labels, **options) -> x0``.
+        stochastic: draws fresh noise at each step (ancestral / SDE solvers).
+        noise_options: options that make a deterministic solver stochastic when > 0 (DDIM's
+            ``eta``, EDM's ``S_churn``).
+        evals_per_step: network evaluations per step; a step to sigma = 0 needs one only.
+        check: raises ValueError for bad option values (names are checked from ``fn``).
+        default_grids: default grid per kind of schedule (``discrete``, ``continuous``),
+            chosen by ``scripts/bench_samplers.py`` (docs/benchmarks.md, section 3).
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    stochastic: bool
+    description: str
+    evals_per_step: int = 1
+    noise_options: tuple[str, ...] = ()
+    check: Callable[..., None] = _no_options
+    default_grids: dict[str, str] = field(
+        default_factory=lambda: {"discrete": "trailing", "continuous": "karras"}
+    )
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The solver's own keyword options, read from its signature."""
+        return tuple(p for p in inspect.signature(self.fn).parameters if p not in _COMMON)
+
+    def is_stochastic(self, options: dict[str, Any]) -> bool:
+        return self.stochastic or any(options.get(name, 0) > 0 for name in self.noise_options)
+
+    def default_grid(self, schedule: NoiseSchedule) -> str:
+        return self.default_grids["discrete" if schedule.is_discrete else "continuous"]
+
+    def nfe(self, steps: int, final_zero: bool = True, from_infinity: bool = False) -> int:
+        """Network evaluations per sample for ``steps`` steps; a step to sigma = 0 and the exact
+        first step from sigma = inf (zero terminal SNR) take one evaluation."""
+        single = int(final_zero) + int(from_infinity and steps > 1)
+        return self.evals_per_step * steps - (self.evals_per_step - 1) * single
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The most steps whose NFE (ending at sigma = 0) does not exceed ``nfe`` (at least 1)."""
+        return max(1, (nfe + self.evals_per_step - 1) // self.evals_per_step)
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    spec.name: spec
+    for spec in (
+        SamplerSpec(
+            "ddpm", sample_ddpm, True, "ancestral DDPM (Ho et al. 2020)", check=check_ddpm_options
+        ),
+        SamplerSpec(
+            "ddim",
+            sample_ddim,
+            False,
+            "DDIM (Song et al. 2021), eta",
+            noise_options=("eta",),
+            check=check_ddim_options,
+        ),
+        SamplerSpec(
+            "euler",
+            sample_euler,
+            False,
+            "Euler, EDM churn",
+            noise_options=("S_churn",),
+            check=check_churn,
+        ),
+        SamplerSpec(
+            "heun",
+            sample_heun,
+            False,
+            "Heun (EDM alg. 2)",
+            2,
+            noise_options=("S_churn",),
+            check=check_churn,
+            default_grids={"discrete": "karras", "continuous": "karras"},
+        ),
+        SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, "DPM-Solver++(2M) (Lu et al. 2022)"),
+    )
+}
+
+
+def get_sampler_spec(name: str) -> SamplerSpec:
+    """Raises ValueError naming the registered samplers for an unknown ``name``."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler algorithm {name!r}; allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
