@@ -104,6 +104,7 @@ def search_cell(
             "family": config.sampler,
             "config": config.label,
             "default": False,
+            "default_able": ours.can_be_default(config),
             "stochastic": SAMPLERS[config.sampler].stochastic,
         }
         if key in seen:
@@ -245,8 +246,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse-diffusers",
         type=Path,
+        nargs="+",
         default=None,
-        help="take the diffusers rows from this earlier --json (same samples, seed, NFE)",
+        help="take the diffusers rows from these earlier --json files (same samples, seed, top)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -258,13 +260,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.diffusers = not args.no_diffusers
     args.reused = None
     if args.reuse_diffusers is not None:
-        args.reused = json.loads(args.reuse_diffusers.read_text())
-        for key in ("samples", "search_samples", "seed", "top", "families"):
-            if args.reused["args"][key] != getattr(args, key):
-                parser.error(
-                    f"--reuse-diffusers: {key} was {args.reused['args'][key]!r} there, "
-                    f"{getattr(args, key)!r} here"
-                )
+        args.reused = {"search": [], "headline": []}
+        for path in args.reuse_diffusers:
+            earlier = json.loads(path.read_text())
+            for key in ("samples", "search_samples", "seed", "top", "families"):
+                if earlier["args"][key] != getattr(args, key):
+                    parser.error(
+                        f"--reuse-diffusers {path}: {key} was {earlier['args'][key]!r} there, "
+                        f"{getattr(args, key)!r} here"
+                    )
+            for part in ("search", "headline"):
+                args.reused[part] += tables.select(earlier[part], side="diffusers")
     if args.diffusers:
         try:
             import diffusers
@@ -331,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{time.perf_counter() - tick:.0f} s",
                     flush=True,
                 )
+                if args.json:  # a checkpoint: a long run that is stopped keeps its cells
+                    args.json.write_text(json.dumps(results, indent=1, default=str))
             if schedule_name in args.schedules and "heun" in SAMPLERS:
                 limit = ode_limit(schedule_name, oracle, score, args.seed)
                 results["ode_limit"][f"{law} {schedule_name}"] = limit
@@ -368,8 +376,13 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         for kind, schedules in KINDS.items()
     }
     kinds = {kind: schedules for kind, schedules in kinds.items() if schedules}
+    current = {
+        (sampler, kind): ours.explicit_default(sampler, SCHEDULES[schedules[0]]()).label
+        for sampler in args.samplers
+        for kind, schedules in kinds.items()
+    }
     print("\n## Grid choice: each sampler's configurations, ranked per schedule kind (search)\n")
-    print(tables.grid_choice_table(results["search"], kinds))
+    print(tables.grid_choice_table(results["search"], kinds, current))
     failed = [r for r in results["search"] if "error" in r]
     if failed:
         print(f"\n{len(failed)} search runs failed (scored inf), e.g.:")

@@ -95,6 +95,7 @@ def test_bench_samplers_difforge_only(tmp_path: Path) -> None:
     assert {r[0] for r in choice} == set(SAMPLERS)
 
 
+@pytest.mark.slow
 def test_bench_samplers_against_diffusers(tmp_path: Path) -> None:
     pytest.importorskip("diffusers")
     out = run_script(
@@ -116,7 +117,7 @@ def test_bench_samplers_against_diffusers(tmp_path: Path) -> None:
         ("gmm1d", "linear", "10"),
     ]
     for r in headline:
-        ours, theirs, ratio = float(r[4]), float(r[8]), float(r[10].strip("*"))
+        ours, theirs, ratio = float(r[4]), float(r[7]), float(r[9].strip("*"))
         assert ratio == pytest.approx(ours / theirs, abs=0.01)
     counterpart = table_rows(out, "| sampler | law | schedule | NFE | difforge default |")
     assert {r[0] for r in counterpart} == {"ddim", "heun"}
@@ -155,8 +156,10 @@ def test_batch_sigma_oracle_equals_the_oracle() -> None:
 
 
 # The same algorithm on the same grid from the same noise: difforge's sampler and diffusers'
-# scheduler must agree to float32 rounding (diffusers computes in float32). This checks the
-# exact-eps conversion, the input scaling and the sigma each diffusers call is paired with.
+# scheduler must agree to diffusers' float32 rounding. This checks the exact-eps conversion,
+# the input scaling and the sigma each diffusers call is paired with. Linear schedule only: on
+# cosine, difforge's grids start at the largest unclipped sigma (642), diffusers' at t = T
+# (sigma 2e4), so the grids differ there by design.
 SAME_ALGORITHM = [
     ("ddim", {}, "DDIMScheduler", {"clip_sample": False}),
     ("ddim", {}, "EulerDiscreteScheduler", {}),
@@ -166,10 +169,9 @@ SAME_ALGORITHM = [
 ]
 
 
-@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
 @pytest.mark.parametrize(("sampler", "options", "scheduler", "kwargs"), SAME_ALGORITHM)
 def test_same_algorithm_same_grid_matches_diffusers(
-    sampler: str, options: dict, scheduler: str, kwargs: dict, schedule_name: str
+    sampler: str, options: dict, scheduler: str, kwargs: dict
 ) -> None:
     pytest.importorskip("diffusers")
     import torch
@@ -177,24 +179,27 @@ def test_same_algorithm_same_grid_matches_diffusers(
     from difforge.benchmarks import difforge_configs, diffusers_peer
     from difforge.benchmarks.oracle_metrics import BatchSigmaOracle, make_mixture
     from difforge.diffusion.samplers import SAMPLERS
+    from difforge.diffusion.schedules import LinearSchedule
 
     if sampler not in SAMPLERS:
         pytest.skip(f"{sampler} is not registered")
-    bench = load_script("bench_samplers.py")
-    schedule = bench.SCHEDULES[schedule_name]()
+    schedule = LinearSchedule(1000, 1e-4, 0.02)
     oracle = BatchSigmaOracle(make_mixture("gmm1d"))
     noise = torch.randn(256, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ours_config = difforge_configs.DifforgeConfig(
         sampler, "trailing", "zero", tuple(options.items())
     )
     peer = diffusers_peer.PeerConfig(sampler, scheduler, {"timestep_spacing": "trailing", **kwargs})
+    # diffusers keeps a VE state (|x| up to 3 sigma_max = 470) in float32 between steps: 3e-5
+    # absolute, amplified up to ~10x where the last denoising step crosses between modes. A VP
+    # state (|x| ~ 3) rounds 100x less.
+    atol = 5e-4 if scheduler in diffusers_peer.VE_LATENT else 1e-5
     for nfe in (5, 10):
         ours, ours_nfe = difforge_configs.run_difforge(ours_config, schedule, oracle, nfe, noise)
         theirs, their_nfe = diffusers_peer.run_peer(peer, schedule, oracle, nfe, noise)
         assert ours_nfe == their_nfe <= nfe
-        assert torch.allclose(ours, theirs.to(torch.float64), rtol=0, atol=2e-4), float(
-            (ours - theirs).abs().max()
-        )
+        gap = (ours - theirs.to(torch.float64)).abs()
+        assert float(gap.max()) < atol and float(gap.median()) < atol / 10, float(gap.max())
 
 
 def test_diffusers_betas_match_the_schedules() -> None:

@@ -101,6 +101,25 @@ def grid_configs(
             yield DifforgeConfig(name, grid, final, options)
 
 
+def can_be_default(config: DifforgeConfig) -> bool:
+    """Whether a registry default grid can express the configuration: ``final_sigma="zero"``
+    (``Sampler``'s default) and every variant option at the function's default."""
+    return config.final_sigma == "zero" and all(
+        value == _option_default(config.sampler, name) for name, value in config.options
+    )
+
+
+def explicit_default(sampler: str, schedule: NoiseSchedule) -> DifforgeConfig:
+    """The sampler's defaults on ``schedule`` spelt out as a search configuration (its default
+    grid, final_sigma zero, its variant options at their defaults)."""
+    options = tuple(
+        (name, _option_default(sampler, name))
+        for name in SAMPLERS[sampler].options
+        if name in VARIANT_OPTIONS
+    )
+    return DifforgeConfig(sampler, SAMPLERS[sampler].default_grid(schedule), "zero", options)
+
+
 def default_config(sampler: str) -> DifforgeConfig:
     """The sampler at its default settings (``Sampler(sampler, steps)``)."""
     return DifforgeConfig(sampler)

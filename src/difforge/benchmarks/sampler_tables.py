@@ -172,19 +172,59 @@ def grid_scores(
     return sorted(scores, key=lambda item: item[1])
 
 
+# A configuration must beat the current default by more than this (geo-mean error ratio) to
+# replace it: differences below are within what another noise draw changes.
+KEEP_DEFAULT_WITHIN = 1.02
+
+
+def chosen_default(
+    rows: Sequence[Row],
+    sampler: str,
+    schedules: Sequence[str],
+    current: str | None = None,
+    metric: str = "w1",
+) -> tuple[str, float] | None:
+    """The best configuration by ``grid_scores`` that a registry default can express (rows
+    with ``default_able``), or ``current`` (a configuration label) when it scores within
+    ``KEEP_DEFAULT_WITHIN`` of that best: ``(config, score)``."""
+    able = {r["config"] for r in rows if r["family"] == sampler and r.get("default_able")}
+    ranked = [(c, s) for c, s, _ in grid_scores(rows, sampler, schedules, metric) if c in able]
+    if not ranked:
+        return None
+    scores = dict(ranked)
+    if current in scores and scores[current] <= ranked[0][1] * KEEP_DEFAULT_WITHIN:
+        return current, scores[current]
+    return ranked[0]
+
+
 def grid_choice_table(
-    rows: Sequence[Row], kinds: dict[str, Sequence[str]], top: int = 3, metric: str = "w1"
+    rows: Sequence[Row],
+    kinds: dict[str, Sequence[str]],
+    current: dict[tuple[str, str], str],
+    top: int = 3,
+    metric: str = "w1",
 ) -> str:
-    """Markdown: per sampler and schedule kind, the ``top`` configurations by ``grid_scores``."""
+    """Markdown: per sampler and schedule kind, the ``top`` configurations by ``grid_scores``
+    and the chosen default (``chosen_default``; ``current[(sampler, kind)]`` is the registry's
+    default now, as a configuration label)."""
     lines = [
-        "| sampler | schedule kind | rank | configuration | geo-mean error / sampler's best (cells) |",
+        "| sampler | schedule kind | rank | configuration | geo-mean error / sampler's best "
+        "(cells) |",
         "|" + " --- |" * 5,
     ]
     samplers = dict.fromkeys(r["family"] for r in rows if r["side"] == "difforge")
     for sampler in samplers:
         for kind, schedules in kinds.items():
-            for rank, (config, score, n) in enumerate(
-                grid_scores(rows, sampler, schedules, metric)[:top], start=1
-            ):
+            ranked = grid_scores(rows, sampler, schedules, metric)
+            for rank, (config, score, n) in enumerate(ranked[:top], start=1):
                 lines.append(f"| {sampler} | {kind} | {rank} | {config} | {fmt(score, 3)} ({n}) |")
+            now = current.get((sampler, kind))
+            chosen = chosen_default(rows, sampler, schedules, now, metric)
+            if chosen is not None:
+                config, score = chosen
+                verdict = "kept" if config == now else f"was {now}"
+                lines.append(
+                    f"| {sampler} | {kind} | **default ({verdict})** | **{config}** "
+                    f"| {fmt(score, 3)} |"
+                )
     return "\n".join(lines)
