@@ -119,8 +119,7 @@ def search_cell(
             **fields,
         )
         rows.append(seen[key])
-    if args.reused is not None and schedule.is_discrete:
-        return rows + tables.select(args.reused["search"], side="diffusers", **cell)
+    rows += reused_rows(args, "search", cell)
     if args.diffusers and schedule.is_discrete:
         from difforge.benchmarks import diffusers_peer as peer
 
@@ -156,7 +155,7 @@ def headline_cell(
     diffusers family in the search, at ``--samples``."""
     schedule = SCHEDULES[schedule_name]()
     cell = {"law": law, "schedule": schedule_name, "nfe_target": nfe}
-    rows = []
+    rows = reused_rows(args, "headline", cell)
     for sampler in args.samplers:
         config = ours.default_config(sampler)
         rows.append(
@@ -174,8 +173,6 @@ def headline_cell(
                 stochastic=SAMPLERS[sampler].stochastic,
             )
         )
-    if args.reused is not None:
-        return rows + tables.select(args.reused["headline"], side="diffusers", **cell)
     if not (args.diffusers and schedule.is_discrete):
         return rows
     from difforge.benchmarks import diffusers_peer as peer
@@ -201,6 +198,16 @@ def headline_cell(
                 )
             )
     return rows
+
+
+def reused_rows(args: argparse.Namespace, part: str, cell: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``--reuse`` files in this cell that this run does not compute itself."""
+    return [
+        r
+        for r in tables.select(args.reused[part], **cell)
+        if (r["side"] == "diffusers" and not args.diffusers)
+        or (r["side"] == "difforge" and r["family"] not in args.samplers)
+    ]
 
 
 def ode_limit(
@@ -244,11 +251,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, help="write every row here")
     parser.add_argument(
-        "--reuse-diffusers",
+        "--reuse",
         type=Path,
         nargs="+",
-        default=None,
-        help="take the diffusers rows from these earlier --json files (same samples, seed, top)",
+        default=[],
+        help="add the rows of these earlier --json runs (same samples and seed) that this run "
+        "does not compute (diffusers' with --no-diffusers, samplers not in --samplers)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -258,27 +266,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.samples, args.search_samples, args.top, args.floor_repeats) < 1:
         parser.error("--samples, --search-samples, --top and --floor-repeats must be >= 1")
     args.diffusers = not args.no_diffusers
-    args.reused = None
-    if args.reuse_diffusers is not None:
-        args.reused = {"search": [], "headline": []}
-        for path in args.reuse_diffusers:
-            earlier = json.loads(path.read_text())
-            for key in ("samples", "search_samples", "seed", "top", "families"):
-                if earlier["args"][key] != getattr(args, key):
-                    parser.error(
-                        f"--reuse-diffusers {path}: {key} was {earlier['args'][key]!r} there, "
-                        f"{getattr(args, key)!r} here"
-                    )
-            for part in ("search", "headline"):
-                args.reused[part] += tables.select(earlier[part], side="diffusers")
-    if args.diffusers:
-        try:
-            import diffusers
-        except ImportError:
-            print("diffusers is not installed (see requirements.txt): difforge only")
-            args.diffusers = False
-        else:
-            diffusers.utils.logging.set_verbosity_error()
+    args.reused = {"search": [], "headline": []}
+    for path in args.reuse:
+        earlier = json.loads(path.read_text())
+        for key in ("samples", "search_samples", "seed"):
+            if earlier["args"][key] != getattr(args, key):
+                parser.error(
+                    f"--reuse {path}: {key} was {earlier['args'][key]!r} there, "
+                    f"{getattr(args, key)!r} here"
+                )
+        for part in ("search", "headline"):
+            args.reused[part] += earlier[part]
     return args
 
 
@@ -376,9 +374,10 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         for kind, schedules in KINDS.items()
     }
     kinds = {kind: schedules for kind, schedules in kinds.items() if schedules}
+    samplers = dict.fromkeys(r["family"] for r in results["search"] if r["side"] == "difforge")
     current = {
         (sampler, kind): ours.explicit_default(sampler, SCHEDULES[schedules[0]]()).label
-        for sampler in args.samplers
+        for sampler in samplers
         for kind, schedules in kinds.items()
     }
     print("\n## Grid choice: each sampler's configurations, ranked per schedule kind (search)\n")
