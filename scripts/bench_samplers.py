@@ -247,6 +247,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-diffusers", action="store_true", help="difforge only")
     parser.add_argument(
+        "--no-difforge", action="store_true", help="diffusers only (no difforge sampler)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="seconds: 2k samples, NFE 5 10, gmm1d, linear"
     )
     parser.add_argument("--json", type=Path, default=None, help="write every row here")
@@ -266,6 +269,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.samples, args.search_samples, args.top, args.floor_repeats) < 1:
         parser.error("--samples, --search-samples, --top and --floor-repeats must be >= 1")
     args.diffusers = not args.no_diffusers
+    if args.no_difforge:
+        args.samplers = []
     args.reused = {"search": [], "headline": []}
     for path in args.reuse:
         earlier = json.loads(path.read_text())
