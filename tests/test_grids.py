@@ -225,3 +225,17 @@ def test_guidance_counts_both_halves(oracle1d):
 
     doubled = Doubled(GaussianMixture([1.0], [0.0], [1.0]))
     assert Sampler("heun", 5)(doubled, LinearSchedule(), (2, 1)).nfe == 2 * 9
+
+
+def test_every_registered_sampler_has_its_config():
+    from omegaconf import OmegaConf
+
+    from helpers import ROOT
+
+    configs = {p.stem: p for p in (ROOT / "configs" / "sampler").glob("*.yaml")}
+    assert set(configs) == set(SAMPLERS)
+    for name, path in configs.items():
+        cfg = OmegaConf.to_container(OmegaConf.load(path))
+        del cfg["_target_"]
+        sampler = Sampler(**cfg)
+        assert sampler.algorithm == name and set(sampler.options) == set(SAMPLERS[name].options)

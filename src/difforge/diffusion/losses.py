@@ -60,7 +60,8 @@ class DenoisingLoss(nn.Module):
         if self.weighting == "min_snr":
             return (1 / sigma**2).clamp(max=self.min_snr_gamma)
         if self.weighting == "edm":
-            return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+            # (sigma^2 + sd^2) / (sigma sd)^2, written to stay finite at sigma = inf
+            return 1 / self.sigma_data**2 + sigma**-2
         return torch.ones_like(sigma)
 
     def target_weight(self, denoiser: Denoiser, sigma: Tensor) -> Tensor:

@@ -15,9 +15,22 @@ from torch import Tensor
 
 from difforge.diffusion.samplers.ddim import check_ddim_options, sample_ddim
 from difforge.diffusion.samplers.ddpm import check_ddpm_options, sample_ddpm
+from difforge.diffusion.samplers.deis import check_deis_options, sample_deis
 from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
+from difforge.diffusion.samplers.dpmpp_2m_sde import check_dpmpp_2m_sde_options, sample_dpmpp_2m_sde
+from difforge.diffusion.samplers.dpmpp_2s_ancestral import (
+    check_dpmpp_2s_ancestral_options,
+    sample_dpmpp_2s_ancestral,
+)
+from difforge.diffusion.samplers.dpmpp_3m import check_dpmpp_3m_options, sample_dpmpp_3m
+from difforge.diffusion.samplers.dpmpp_3m_sde import check_dpmpp_3m_sde_options, sample_dpmpp_3m_sde
 from difforge.diffusion.samplers.euler import check_churn, sample_euler
+from difforge.diffusion.samplers.euler_ancestral import (
+    check_euler_ancestral_options,
+    sample_euler_ancestral,
+)
 from difforge.diffusion.samplers.heun import sample_heun
+from difforge.diffusion.samplers.unipc import check_unipc_options, sample_unipc
 from difforge.diffusion.schedules import NoiseSchedule
 
 # Arguments every solver takes that are not user options.
@@ -36,8 +49,8 @@ class SamplerSpec:
         name: the config name (``sampler=<name>``).
         fn: ``fn(denoiser, x, sigmas, *, generator, callback, class_labels, **options) -> x0``.
         stochastic: draws fresh noise at each step (ancestral / SDE solvers).
-        noise_options: options that make a deterministic solver stochastic when > 0 (DDIM's
-            ``eta``, EDM's ``S_churn``).
+        noise_options: options that make the solver stochastic when > 0 (DDIM's and the SDE
+            solvers' ``eta``, EDM's ``S_churn``), with the default of the solver's signature.
         evals_per_step: network evaluations per step; a step to sigma = 0 needs one only.
         check: raises ValueError for bad option values (names are checked from ``fn``).
         default_grids: default grid per kind of schedule (``discrete``, ``continuous``),
@@ -61,7 +74,10 @@ class SamplerSpec:
         return tuple(p for p in inspect.signature(self.fn).parameters if p not in _COMMON)
 
     def is_stochastic(self, options: dict[str, Any]) -> bool:
-        return self.stochastic or any(options.get(name, 0) > 0 for name in self.noise_options)
+        defaults = inspect.signature(self.fn).parameters
+        return self.stochastic or any(
+            options.get(name, defaults[name].default) > 0 for name in self.noise_options
+        )
 
     def default_grid(self, schedule: NoiseSchedule) -> str:
         return self.default_grids["discrete" if schedule.is_discrete else "continuous"]
@@ -110,6 +126,60 @@ SAMPLERS: dict[str, SamplerSpec] = {
             default_grids={"discrete": "karras", "continuous": "karras"},
         ),
         SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, "DPM-Solver++(2M) (Lu et al. 2022)"),
+        SamplerSpec(
+            "dpmpp_3m",
+            sample_dpmpp_3m,
+            False,
+            "DPM-Solver++(3M) (Lu et al. 2022)",
+            check=check_dpmpp_3m_options,
+        ),
+        SamplerSpec(
+            "dpmpp_2m_sde",
+            sample_dpmpp_2m_sde,
+            False,
+            "SDE-DPM-Solver++(2M), eta",
+            noise_options=("eta",),
+            check=check_dpmpp_2m_sde_options,
+        ),
+        SamplerSpec(
+            "dpmpp_3m_sde",
+            sample_dpmpp_3m_sde,
+            False,
+            "SDE-DPM-Solver++(3M), eta",
+            noise_options=("eta",),
+            check=check_dpmpp_3m_sde_options,
+        ),
+        SamplerSpec(
+            "euler_ancestral",
+            sample_euler_ancestral,
+            False,
+            "Euler ancestral (k-diffusion), eta",
+            noise_options=("eta",),
+            check=check_euler_ancestral_options,
+        ),
+        SamplerSpec(
+            "dpmpp_2s_ancestral",
+            sample_dpmpp_2s_ancestral,
+            False,
+            "DPM-Solver++(2S) ancestral, eta",
+            2,
+            noise_options=("eta",),
+            check=check_dpmpp_2s_ancestral_options,
+        ),
+        SamplerSpec(
+            "unipc",
+            sample_unipc,
+            False,
+            "UniPC (Zhao et al. 2023), bh1/bh2, order 1-3",
+            check=check_unipc_options,
+        ),
+        SamplerSpec(
+            "deis",
+            sample_deis,
+            False,
+            "DEIS (Zhang & Chen 2023), order 1-3",
+            check=check_deis_options,
+        ),
     )
 }
 

@@ -1,0 +1,43 @@
+"""What every multistep solver shares: the order used at each step and the checks of its options.
+
+A multistep solver of order p needs the denoiser's outputs at the p - 1 previous points, so it
+warms up (order 1 at the first step, 2 at the second, ...). With ``lower_order_final`` it also
+lowers the order near the end, as diffusers does ("for numerical stability at few steps"): the
+step i of N uses at most order N - i, i.e. first order at the last step and at most second order
+at the one before.
+"""
+
+from __future__ import annotations
+
+# diffusers (DPMSolverMultistepScheduler, DEISMultistepScheduler) lowers the final orders only
+# below this many steps; UniPC lowers them at any step count.
+LOWER_ORDER_FINAL_BELOW_STEPS = 15
+
+
+def multistep_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
+    """Order of step ``i`` (0-based) of ``steps``: ``order`` after warm-up, lower at the end."""
+    used = min(order, i + 1)
+    return min(used, steps - i) if lower_order_final else used
+
+
+def check_order(order: int, max_order: int) -> None:
+    if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= max_order:
+        raise ValueError(f"sampler.order must be an integer in 1..{max_order}, got {order!r}")
+
+
+def check_flag(name: str, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"sampler.{name} must be true or false, got {value!r}")
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"sampler.{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def check_noise(eta: float, s_noise: float, max_eta: float = float("inf")) -> None:
+    if not 0 <= eta <= max_eta:
+        allowed = "0 <= eta" + (f" <= {max_eta:g}" if max_eta < float("inf") else "")
+        raise ValueError(f"sampler.eta must satisfy {allowed}, got {eta}")
+    if s_noise < 0:
+        raise ValueError(f"sampler.s_noise must be >= 0, got {s_noise}")

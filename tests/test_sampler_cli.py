@@ -1,0 +1,74 @@
+"""Sampler options through the real CLI: zero terminal SNR from training to samples, grids, and
+one-line errors for bad options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import assert_clean_error, assert_ok, run_cli
+
+ZERO_SNR = ("schedule=linear", "schedule.rescale_zero_terminal_snr=true")
+
+
+def test_zero_terminal_snr_trains_with_v_and_samples(tmp_path):
+    run = tmp_path / "run"
+    assert_ok(
+        run_cli(
+            "train",
+            "experiment=gmm1d",
+            *ZERO_SNR,
+            "parameterization=v",
+            "trainer.max_steps=8",
+            "logger=csv",
+            "~callbacks.progress_bar",
+            f"hydra.run.dir={run}",
+        )
+    )
+    for grid, nfe in (("trailing", 4), ("karras", 4)):
+        out = tmp_path / f"samples_{grid}"
+        assert_ok(
+            run_cli(
+                "sample",
+                f"ckpt_path={run}/checkpoints/last.ckpt",
+                "sampler=dpmpp_2m",
+                "sampler.steps=4",
+                f"sampler.grid={grid}",
+                "num_samples=64",
+                f"hydra.run.dir={out}",
+            )
+        )
+        assert np.isfinite(np.load(out / "samples.npz")["arr_0"]).all()
+        assert json.loads((out / "sampling.json").read_text())["nfe"] == nfe
+
+
+def test_zero_terminal_snr_refuses_eps(tmp_path):
+    result = run_cli(
+        "train", "experiment=gmm1d", *ZERO_SNR, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"
+    )
+    assert_clean_error(result, "error: parameterization=eps cannot predict x0 from pure noise")
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (("sampler.grid=cosine",), "unknown sampler.grid 'cosine'; allowed: linspace, leading"),
+        (("+sampler.S_chrun=1.0",), "unknown option 'S_chrun' for sampler 'dpmpp_2m'"),
+        (("sampler.final_sigma=none",), "unknown sampler.final_sigma 'none'; allowed: zero, min"),
+        (("schedule=edm", "sampler.grid=trailing"), "sampler.grid='trailing' needs a discrete"),
+    ],
+)
+def test_bad_sampler_options_are_one_line_errors(tmp_path, overrides, message):
+    result = run_cli(
+        "sample",
+        "model=gmm_oracle",
+        "data=gmm1d",
+        "sampler=dpmpp_2m",
+        "sampler.steps=5",
+        "num_samples=10",
+        *overrides,
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert_clean_error(result, f"error: {message}")
