@@ -95,7 +95,7 @@ def search_cell(
     cell = {"law": law, "schedule": schedule_name, "nfe_target": nfe}
     rows = []
     seen: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for config in ours.grid_configs(schedule, tuple(args.samplers)):
+    for config in ours.grid_configs(schedule, () if args.headline_only else tuple(args.samplers)):
         # Configurations that walk the same grid (e.g. log_snr and exponential) run once.
         key = (config.sampler, config.options, tuple(ours.grid_of(config, schedule, nfe).tolist()))
         fields = {
@@ -119,6 +119,8 @@ def search_cell(
             **fields,
         )
         rows.append(seen[key])
+    if args.headline_only:
+        return tables.select(args.reused["search"], **cell)
     rows += reused_rows(args, "search", cell)
     if args.diffusers and schedule.is_discrete:
         from difforge.benchmarks import diffusers_peer as peer
@@ -250,6 +252,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-difforge", action="store_true", help="diffusers only (no difforge sampler)"
     )
     parser.add_argument(
+        "--headline-only",
+        action="store_true",
+        help="run only difforge's defaults; every other row (the search) comes from --reuse",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="seconds: 2k samples, NFE 5 10, gmm1d, linear"
     )
     parser.add_argument("--json", type=Path, default=None, help="write every row here")
@@ -268,7 +275,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.no_edm_search = True
     if min(args.samples, args.search_samples, args.top, args.floor_repeats) < 1:
         parser.error("--samples, --search-samples, --top and --floor-repeats must be >= 1")
-    args.diffusers = not args.no_diffusers
+    if args.headline_only and not args.reuse:
+        parser.error("--headline-only needs --reuse (the search to take the other rows from)")
+    args.diffusers = not (args.no_diffusers or args.headline_only)
     if args.no_difforge:
         args.samplers = []
     args.reused = {"search": [], "headline": []}

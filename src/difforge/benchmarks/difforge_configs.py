@@ -95,7 +95,7 @@ def grid_configs(
     schedule: NoiseSchedule, samplers: tuple[str, ...] | None = None
 ) -> Iterator[DifforgeConfig]:
     """Every sampler x grid x final_sigma x variant on ``schedule``."""
-    for name in samplers or tuple(SAMPLERS):
+    for name in tuple(SAMPLERS) if samplers is None else samplers:
         for grid, final, options in itertools.product(
             schedule_grids(schedule), FINAL_SIGMAS, variant_options(name)
         ):
