@@ -14,10 +14,10 @@ The configurations (``peer_configs``) cover DDPM, DDIM, Euler, Euler ancestral, 
 KDPM2 (and ancestral), DPM-Solver++ 2M/3M multistep (ODE and SDE), DPM-Solver++ singlestep
 2S/3S, UniPC bh1/bh2 orders 2-3 and DEIS orders 2-3, each over ``timestep_spacing`` (leading,
 trailing, linspace), sigma kinds (the table's own, Karras, exponential; log-SNR for
-DPM-Solver) and ``final_sigmas_type`` where the scheduler has them, with the other options at
-diffusers' defaults (DPM-Solver's midpoint ``solver_type``, ``lower_order_final``). Left out
-to keep the grid affordable on two shared cores: ``use_beta_sigmas`` and DPM-Solver's
-``solver_type="heun"``. ``DPMSolverSDEScheduler``
+DPM-Solver) and ``final_sigmas_type`` where the scheduler has them; DPM-Solver++ (ODE) with
+both ``solver_type`` (midpoint, heun), the SDE variants with diffusers' default (midpoint);
+other options at diffusers' defaults (``lower_order_final``). ``use_beta_sigmas`` is left out
+to keep the grid affordable on two shared cores. ``DPMSolverSDEScheduler``
 needs ``torchsde`` (not a dependency) and is left out. ``clip_sample`` and thresholding are off
 (they clip x0 to [-1, 1], meant for images; the mixtures live in about [-5, 5]).
 
