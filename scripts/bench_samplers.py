@@ -266,7 +266,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=[],
         help="add the rows of these earlier --json runs (same samples and seed) that this run "
-        "does not compute (diffusers' with --no-diffusers, samplers not in --samplers)",
+        "does not compute (diffusers' with --no-diffusers, samplers not in --samplers); a later "
+        "file's rows of a sampler replace an earlier file's",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -290,7 +291,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     f"{getattr(args, key)!r} here"
                 )
         for part in ("search", "headline"):
-            args.reused[part] += earlier[part]
+            # A later file's rows of a sampler (or diffusers family) replace earlier ones.
+            redone = {(r["side"], r["family"]) for r in earlier[part]}
+            args.reused[part] = [
+                r for r in args.reused[part] if (r["side"], r["family"]) not in redone
+            ] + earlier[part]
     return args
 
 

@@ -35,6 +35,7 @@ FINAL_SIGMAS = ("zero",)
 VARIANT_OPTIONS: dict[str, tuple[Any, ...]] = {
     "order": (2, 3),  # order 1 is DDIM
     "solver_type": ("midpoint", "heun", "bh1", "bh2"),  # DPM-Solver++'s, UniPC's
+    "variance": ("small", "large"),  # DDPM's posterior variance
 }
 # The grids that are a discrete schedule's own timestep table (diffusers' timestep_spacing).
 TABLE_GRIDS = ("leading", "trailing", "linspace")
