@@ -105,7 +105,7 @@ def search_cell(
             "config": config.label,
             "default": False,
             "default_able": ours.can_be_default(config),
-            "stochastic": SAMPLERS[config.sampler].stochastic,
+            "stochastic": SAMPLERS[config.sampler].is_stochastic(dict(config.options)),
         }
         if key in seen:
             rows.append({**seen[key], **fields, "same_as": seen[key]["config"]})
@@ -172,7 +172,7 @@ def headline_cell(
                 family=sampler,
                 config=f"default ({ours.grid_label(config, schedule)})",
                 default=True,
-                stochastic=SAMPLERS[sampler].stochastic,
+                stochastic=SAMPLERS[sampler].is_stochastic({}),
             )
         )
     if not (args.diffusers and schedule.is_discrete):
@@ -210,6 +210,11 @@ def reused_rows(args: argparse.Namespace, part: str, cell: dict[str, Any]) -> li
         if (r["side"] == "diffusers" and not args.diffusers)
         or (r["side"] == "difforge" and r["family"] not in args.samplers)
     ]
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Who made a row, and in which cell."""
+    return tuple(row[k] for k in ("side", "family", "law", "schedule", "nfe_target"))
 
 
 def ode_limit(
@@ -267,7 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="add the rows of these earlier --json runs (same samples and seed) that this run "
         "does not compute (diffusers' with --no-diffusers, samplers not in --samplers); a later "
-        "file's rows of a sampler replace an earlier file's",
+        "file's rows of a sampler in a cell replace an earlier file's",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -291,10 +296,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     f"{getattr(args, key)!r} here"
                 )
         for part in ("search", "headline"):
-            # A later file's rows of a sampler (or diffusers family) replace earlier ones.
-            redone = {(r["side"], r["family"]) for r in earlier[part]}
+            # A later file's rows of a sampler (or diffusers family) in a cell replace earlier ones.
+            redone = {row_key(r) for r in earlier[part]}
             args.reused[part] = [
-                r for r in args.reused[part] if (r["side"], r["family"]) not in redone
+                r for r in args.reused[part] if row_key(r) not in redone
             ] + earlier[part]
     return args
 
