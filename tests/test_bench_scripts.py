@@ -166,7 +166,19 @@ SAME_ALGORITHM = [
     ("euler", {}, "EulerDiscreteScheduler", {}),
     ("heun", {}, "HeunDiscreteScheduler", {}),
     ("dpmpp_2m", {}, "DPMSolverMultistepScheduler", {"solver_order": 2}),
+    ("dpmpp_3m", {}, "DPMSolverMultistepScheduler", {"solver_order": 3}),
+    (
+        "dpmpp_3m",
+        {"solver_type": "heun"},
+        "DPMSolverMultistepScheduler",
+        {"solver_order": 3, "solver_type": "heun"},
+    ),
+    ("unipc", {"order": 2}, "UniPCMultistepScheduler", {"solver_order": 2}),
+    ("unipc", {"order": 3}, "UniPCMultistepScheduler", {"solver_order": 3}),
 ]
+# Not listed: DEIS (diffusers' DEISMultistepScheduler differs from the method, see
+# tests/test_samplers.py's strict xfails), UniPC bh1 (diffusers returns NaN with a final sigma
+# of zero), and the stochastic samplers (the fresh noise is drawn in a different order).
 
 
 @pytest.mark.parametrize(("sampler", "options", "scheduler", "kwargs"), SAME_ALGORITHM)
