@@ -177,7 +177,7 @@ SAME_ALGORITHM = [
     ("unipc", {"order": 3}, "UniPCMultistepScheduler", {"solver_order": 3}),
 ]
 # Not listed: DEIS (diffusers' DEISMultistepScheduler differs from the method, see
-# tests/test_samplers.py's strict xfails), UniPC bh1 (diffusers returns NaN with a final sigma
+# tests/test_solvers.py's strict xfails), UniPC bh1 (diffusers returns NaN with a final sigma
 # of zero), and the stochastic samplers (the fresh noise is drawn in a different order).
 
 
