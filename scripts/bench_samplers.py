@@ -385,7 +385,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"{tables.fmt(limit['w1'])} | {tables.fmt(limit['mass_err'])} |"
         )
     headline_rows = results["headline"]
-    if args.diffusers:
+    if any(r["side"] == "diffusers" for r in headline_rows):
         print("\n## Headline: difforge's best default sampler vs diffusers' best configuration\n")
         print(tables.headline_table(headline_rows, results["floors"]))
         print("\n## Each difforge default vs its diffusers counterpart's best (W1)\n")
