@@ -19,6 +19,10 @@ counterpart's best, and the grid choice (each sampler's configurations ranked pe
 
     python scripts/bench_samplers.py --json samplers.json          # the full benchmark
     python scripts/bench_samplers.py --quick                       # seconds: a smoke test
+
+The full benchmark takes hours on two shared cores; docs/benchmarks.md (section 3) splits it
+into runs per side and per law (``--no-difforge`` / ``--no-diffusers``, ``--laws``), reruns the
+defaults after a registry change (``--headline-only``) and joins them (``--reuse``).
 """
 
 from __future__ import annotations
