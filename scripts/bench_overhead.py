@@ -29,7 +29,7 @@ shared machine it is the steadier of the two; W&B's separate service process is 
 Ablations (``--ablate``, on by default) locate the overhead: ``no_log`` is the same module with
 ``LightningModule.log`` a no-op (metrics still updated), ``bare`` a ``training_step`` that only
 computes the loss (no metrics, no logging, no finiteness check of the loss; the module's
-gradient check in ``on_before_optimizer_step`` stays). ``--profile`` adds a cProfile
+gradient check, fused with the clipping in ``configure_gradient_clipping``, stays). ``--profile`` adds a cProfile
 of one Lightning block, summarised by where the time goes.
 
     python scripts/bench_overhead.py                         # 12 segments x 8 steps
@@ -115,13 +115,22 @@ def ablated(module: Any, kind: str) -> Any:
     return module
 
 
-class PlainRunner:
-    """The bare PyTorch loop doing the same per-step work as DiffusionModule + Lightning."""
+def sync(device: torch.device) -> None:
+    """Wait for the GPU (a no-op on the CPU), so that a clock read covers the work queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def __init__(self, cfg: Any, module: Any, datamodule: Any) -> None:
+
+class PlainRunner:
+    """The bare PyTorch loop doing the same per-step work as DiffusionModule + Lightning:
+    batch to the module's device, loss (under bf16 autocast if ``bf16``), backward, clipping,
+    the module's optimizer and LR scheduler, the EMA update."""
+
+    def __init__(self, module: Any, loader: Any, clip: float | None, bf16: bool = False) -> None:
         self.module = module
-        self.clip = cfg.trainer.get("gradient_clip_val")
-        self.loader = datamodule.train_dataloader()
+        self.clip = clip
+        self.bf16 = bf16
+        self.loader = loader
         self.iterator = iter(self.loader)
         options = module.configure_optimizers()
         self.optimizer = options["optimizer"]
@@ -137,11 +146,12 @@ class PlainRunner:
 
     def step(self, batch: Any) -> torch.Tensor:
         m = self.module
-        x0, y = batch
+        x0, y = (t.to(m.device, non_blocking=True) for t in batch)
         x0 = m._prepare(x0)
         sigma = m.schedule.sample_training_sigmas(x0.shape[0], device=x0.device)
         noise = torch.randn_like(x0)
-        loss = m._train_forward(m.denoiser, x0, sigma, noise, m._training_labels(y)).mean()
+        with torch.autocast(m.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = m._train_forward(m.denoiser, x0, sigma, noise, m._training_labels(y)).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip:
@@ -156,6 +166,7 @@ class PlainRunner:
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step(self.next_batch())
+        sync(self.module.device)
         return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
@@ -176,6 +187,7 @@ def interleaving_callback(plain: PlainRunner | None, warmup: int, steps: int, se
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, i: int) -> None:
             if i < warmup or (i - warmup) % steps:
                 return
+            sync(pl_module.device)
             now = time.perf_counter(), time.process_time()
             if self.opened is not None:
                 self.lightning.append(
@@ -200,11 +212,17 @@ def run_fit(cfg: Any, module: Any, datamodule: Any, callback: Any, profiler: Any
     from hydra.utils import instantiate
 
     from difforge.cli.common import instantiate_list
+    from difforge.training.build import resolve_precision
 
     callbacks = [*instantiate_list(cfg.get("callbacks")), callback]
     loggers = instantiate_list(cfg.get("logger"))
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, max_steps=10**9
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        max_steps=10**9,
+        precision=precision,
     )
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -231,11 +249,15 @@ PROFILE_GROUPS: list[tuple[str, str, tuple[str, ...]]] = [
     ("  torchmetrics update (all metrics)", "torchmetrics/metric.py", ("wrapped_func",)),
     ("backward", "torch/_tensor.py", ("backward",)),
     (
-        "non-finite gradient check (on_before_optimizer_step)",
+        "gradient clipping + non-finite check (configure_gradient_clipping)",
         "training/module.py",
-        ("on_before_optimizer_step",),
+        ("configure_gradient_clipping",),
     ),
-    ("gradient clipping (Lightning)", "lightning/pytorch/core/module.py", ("clip_gradients",)),
+    (
+        "batch to device (transfer_batch_to_device)",
+        "training/module.py",
+        ("transfer_batch_to_device",),
+    ),
     (
         "AdamW update",
         "torch/optim/adam",
@@ -340,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         L.seed_everything(cfg.seed, verbose=False)
         module = build_module(cfg, data_shape)
-        plain = PlainRunner(cfg, copy.deepcopy(module), datamodule)
+        plain = PlainRunner(
+            copy.deepcopy(module),
+            datamodule.train_dataloader(),
+            cfg.trainer.get("gradient_clip_val"),
+        )
         for _ in range(args.warmup):
             plain.step(plain.next_batch())
         if kind != "lightning":

@@ -99,7 +99,15 @@ def collapse(cfg: DictConfig) -> dict:
         # 2. A forward process that stops short of noise.
         second = {}
         for T in cfg.short_forward.num_timesteps:
-            short = blurring.check_discrete(instantiate(cfg.schedule, num_timesteps=int(T)))
+            # The same betas over fewer steps: a linear schedule must not rescale them here.
+            same_betas = (
+                {"scale_to_num_timesteps": False}
+                if "scale_to_num_timesteps" in cfg.schedule
+                else {}
+            )
+            short = blurring.check_discrete(
+                instantiate(cfg.schedule, num_timesteps=int(T), **same_betas)
+            )
             steps = min(int(T), int(cfg.short_forward.max_steps))
             samples = draw(oracle, short, cfg.short_forward.algorithm, steps)
             abar_T = float(short.alphas_cumprod[-1])

@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: ``python src/eval.py ckpt_path=CKPT`` writes metrics.json."""
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -18,4 +19,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from difforge.cli.evaluate import seeds_flag_to_override
+
+    sys.argv = seeds_flag_to_override(sys.argv)
     main()

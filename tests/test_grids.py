@@ -80,7 +80,7 @@ def test_continuous_grids_follow_their_formulas():
     for name in ("log_snr", "exponential"):
         torch.testing.assert_close(sigma_grid(schedule, n, name)[:-1], log_uniform)
     torch.testing.assert_close(sigma_grid(schedule, n, "polynomial", rho=3.0)[:-1], polynomial)
-    assert set(CONTINUOUS_GRIDS) == {"karras", "log_snr", "exponential", "polynomial"}
+    assert set(CONTINUOUS_GRIDS) == {"karras", "log_snr", "exponential", "polynomial", "flow"}
 
 
 def test_a_clipped_top_is_never_a_grid_level():
@@ -129,11 +129,12 @@ class _PerfectNetwork(torch.nn.Module):
         at_inf = sigma.isinf()[:, None]
         x = torch.where(at_inf, net_input, net_input / c_in[:, None])
         x0 = self.oracle(x, sigma)
-        skip = torch.where(at_inf, 0.0, c_skip[:, None] * x)
+        skip_limit = self.parameterization.skip_at_infinity * x
+        skip = torch.where(at_inf, skip_limit, c_skip[:, None] * x)
         return (x0 - skip) / c_out[:, None]
 
 
-@pytest.mark.parametrize("name", ["v", "x0", "edm"])
+@pytest.mark.parametrize("name", ["v", "x0", "edm", "flow"])
 def test_perfect_network_denoises_pure_noise(name, oracle1d, gmm1d):
     schedule = LinearSchedule(rescale_zero_terminal_snr=True)
     param = PARAMETERIZATIONS[name]()
@@ -152,7 +153,7 @@ def test_eps_prediction_is_refused_under_zero_terminal_snr():
         Denoiser(torch.nn.Identity(), schedule, PARAMETERIZATIONS["eps"]())
 
 
-@pytest.mark.parametrize("name", ["v", "x0", "edm"])
+@pytest.mark.parametrize("name", ["v", "x0", "edm", "flow"])
 def test_targets_are_finite_at_infinite_sigma(name):
     x0, noise = torch.randn(4, 3), torch.randn(4, 3)
     sigma = torch.tensor([math.inf, 1e3, 1.0, 1e-3])

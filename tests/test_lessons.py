@@ -92,7 +92,12 @@ def test_merge_time_falls_as_the_noise_rises(gmm1d: GaussianMixture) -> None:
     ]
     assert merges[0] > merges[1] > merges[2]
     # a schedule that never gets noisy enough never merges the peaks
-    assert blurring.merge_timesteps(gmm1d, LinearSchedule(num_timesteps=20), points=2001)[1] is None
+    assert (
+        blurring.merge_timesteps(
+            gmm1d, LinearSchedule(num_timesteps=20, scale_to_num_timesteps=False), points=2001
+        )[1]
+        is None
+    )
 
 
 def test_discrete_schedule_required(gmm1d: GaussianMixture) -> None:

@@ -87,3 +87,37 @@ def test_bits_per_dim_of_8bit_images_adds_seven():
         abs(bits_per_dim(log_prob, 100, data_bits=8).item() - (1000 / (100 * math.log(2)) + 7))
         < 1e-12
     )
+
+
+def test_large_variance_at_t1_is_beta_tilde_2():
+    """Ho et al.'s code and improved-diffusion ("fixedlarge"): beta~_2 at t = 1, beta_t after."""
+    from difforge.diffusion.forward import posterior_coefficients
+    from difforge.diffusion.likelihood import previous_alphas_cumprod, reverse_step_log_variance
+
+    schedule = LinearSchedule()
+    like = torch.zeros(3, 1, dtype=torch.float64)
+    log_var = reverse_step_log_variance(schedule, torch.tensor([0, 1, 999]), like, "large", None)
+    beta_tilde = posterior_coefficients(schedule.alphas_cumprod, previous_alphas_cumprod(schedule))[
+        2
+    ]
+    expected = torch.stack([beta_tilde[1], schedule.betas[1], schedule.betas[999]]).log()
+    torch.testing.assert_close(log_var[:, 0], expected)
+
+
+def test_dequantised_bits_per_dim_bound_the_entropy_of_8_bit_data():
+    """Two equally likely 8-bit values: entropy 1 bit/dim. A density uniform over their two bins
+    scores exactly 1 bit on dequantised points; a density peaked at the bin centres scores below
+    the entropy at the centres (the fault) and above it once dequantised."""
+    from difforge.diffusion.gaussian_mixture import GaussianMixture
+    from difforge.diffusion.likelihood import bits_per_dim, dequantize
+
+    centres = torch.tensor([100.0, 200.0]) * 2 / 255 - 1
+    x = centres[torch.arange(4000) % 2][:, None]
+    y = dequantize(x, generator=torch.Generator().manual_seed(0))
+    k = ((x + 1) / 2 * 255).round()
+    assert ((y - (2 * k / 256 - 1)) >= 0).all() and ((y - (2 * k / 256 - 1)) < 2 / 256).all()
+    uniform_in_bins = torch.full((len(y),), math.log(0.5 / (2 / 256)))
+    torch.testing.assert_close(bits_per_dim(uniform_in_bins, 1, 8).mean(), torch.tensor(1.0))
+    peaked = GaussianMixture([0.5, 0.5], centres[:, None].tolist(), [[1e-3], [1e-3]])
+    assert bits_per_dim(peaked.log_prob(x.double()), 1, 8).mean() < 1
+    assert bits_per_dim(peaked.log_prob(y.double()), 1, 8).mean() > 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import QUICK_TRAIN, ROOT, assert_ok, run_cli
+from helpers import QUICK_TRAIN, ROOT, assert_clean_error, assert_ok, run_cli
 
 TOTAL_STEPS = 16  # digits with data.repeat=1: 12 batches per epoch, so the runs cross an epoch
 DETERMINISTIC = (
@@ -75,8 +75,18 @@ def test_deterministic_runs_are_bitwise_identical(straight_run, tmp_path):
     assert_same_training_state(final_state(tmp_path), straight_run)
 
 
-def test_stopped_and_resumed_equals_straight_through(straight_run, tmp_path):
-    train(tmp_path, 6)
+@pytest.mark.parametrize(
+    "stop_at,cadence",
+    [
+        (6, 4),  # mid-epoch, after a periodic checkpoint
+        (6, 1000),  # mid-epoch, before the first periodic checkpoint
+        (12, 1000),  # at the end of the first epoch
+    ],
+)
+def test_stopped_and_resumed_equals_straight_through(straight_run, tmp_path, stop_at, cadence):
+    """Whatever the checkpoint cadence and wherever in an epoch the first segment stops, the
+    extended run ends bitwise equal to the straight one."""
+    train(tmp_path, stop_at, f"callbacks.model_checkpoint.every_n_train_steps={cadence}")
     resume_to_the_end(tmp_path, straight_run)
 
 
@@ -128,3 +138,66 @@ def test_sigterm_saves_and_stops_cleanly_then_resumes(straight_run, tmp_path):
     assert stopped_at >= 4
     if stopped_at < TOTAL_STEPS:
         resume_to_the_end(tmp_path, straight_run)
+
+
+GMM_QUICK = tuple(o for o in QUICK_TRAIN if not o.startswith("trainer.max_steps"))
+
+
+def test_resume_reuses_the_runs_config_with_new_overrides_on_top(tmp_path):
+    """The rule: a resumed run is the saved run's overrides with this command's on top, so
+    ``experiment=gmm1d`` need not be repeated (before: the defaults' U-Net was built and the MLP's
+    weights loaded into it, a state-dict traceback)."""
+    assert_ok(
+        run_cli(
+            "train",
+            *GMM_QUICK,
+            "experiment=gmm1d",
+            "trainer.max_steps=3",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    assert_ok(
+        run_cli(
+            "train",
+            *GMM_QUICK,
+            "trainer.max_steps=5",
+            "ckpt_path=last",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    checkpoint = last_checkpoint(tmp_path)
+    assert checkpoint["global_step"] == 5
+    assert checkpoint["difforge"]["config"]["model"]["_target_"].endswith("MLPDenoiser")
+    overrides = (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    assert "experiment=gmm1d" in overrides and "trainer.max_steps=5" in overrides
+    # A resumed run cannot change the network it loads: refused, naming the key.
+    result = run_cli(
+        "train",
+        *GMM_QUICK,
+        "trainer.max_steps=7",
+        "experiment=gmm1d",
+        "model.hidden_dim=64",
+        "ckpt_path=last",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert_clean_error(result, "model.hidden_dim: 256 in the checkpoint, 64 now")
+
+
+def test_last_without_a_run_dir_resumes_only_a_run_with_the_same_choices(tmp_path):
+    """Before: ``ckpt_path=last`` took the newest run of any experiment (a gmm1d MLP loaded into the
+    digits U-Net)."""
+    logs = f"paths.log_dir={tmp_path}"
+    assert_ok(run_cli("train", *GMM_QUICK, "experiment=gmm1d", "trainer.max_steps=3", logs))
+    (gmm_run,) = (tmp_path / "train" / "runs").glob("*")
+    result = run_cli("train", *GMM_QUICK, "ckpt_path=last", logs)
+    assert_clean_error(result, "no run with data=digits model=unet_tiny", "looked in")
+    result = run_cli(
+        "train", *GMM_QUICK, "experiment=gmm1d", "trainer.max_steps=5", "ckpt_path=last", logs
+    )
+    assert_ok(result)
+    assert f"resuming from {gmm_run}/checkpoints/last.ckpt" in result.stdout + result.stderr
+
+
+def test_a_sweep_job_resumes_only_its_own_directory(tmp_path):
+    result = run_cli("train", "-m", *GMM_QUICK, "ckpt_path=last", f"hydra.sweep.dir={tmp_path}")
+    assert_clean_error(result, "a sweep job resumes only its own directory")

@@ -165,3 +165,43 @@ def test_classifier_free_guidance_combines_conditional_and_unconditional():
 def test_guidance_on_an_unconditional_model_is_refused(oracle1d):
     with pytest.raises(ValueError, match=r"guidance_scale=3.0 needs a class-conditional model"):
         ClassifierFreeGuidance(oracle1d, 3.0)
+
+
+class _LearnedVarianceDenoiser(torch.nn.Module):
+    """A conditional denoiser with a learned variance: x0 = label, variance value = label / 10."""
+
+    num_classes = 2
+    learned_variance = True
+
+    def predict(self, x, sigma, class_labels=None):
+        from difforge.diffusion.parameterization import NetworkOutput
+
+        value = class_labels.to(x.dtype)[:, None].expand_as(x).clone()
+        return NetworkOutput(value, value, value / 10)
+
+    def forward(self, x, sigma, class_labels=None):
+        return self.predict(x, sigma, class_labels).x0
+
+
+def test_guidance_guides_the_mean_and_takes_the_conditional_variance():
+    """GLIDE / improved-diffusion: the mean is guided, the variance is the conditional branch's."""
+    x, sigma, labels = torch.zeros(2, 1), torch.ones(2), torch.tensor([0, 1])
+    guided = ClassifierFreeGuidance(_LearnedVarianceDenoiser(), 3.0)
+    output = guided.predict(x, sigma, labels)
+    # null label 2: x0_u = 2, x0_c = label; guided = 2 + 3 (label - 2)
+    torch.testing.assert_close(output.x0[:, 0], 2 + 3 * (labels.float() - 2))
+    torch.testing.assert_close(output.variance_value[:, 0], labels.float() / 10)
+    assert guided.learned_variance and guided.num_classes == 2
+
+
+def test_every_wrapper_forwards_the_denoiser_interface_and_counts_evaluations():
+    from difforge.diffusion.parameterization import ClippedDenoiser
+
+    inner = _LearnedVarianceDenoiser()
+    guided = ClippedDenoiser(ClassifierFreeGuidance(inner, 3.0))
+    assert guided.evals_per_call == 2 and guided.learned_variance and guided.num_classes == 2
+    assert ClippedDenoiser(ClassifierFreeGuidance(inner, 1.0)).evals_per_call == 1
+    x, sigma, labels = torch.zeros(2, 1), torch.ones(2), torch.tensor([0, 1])
+    assert guided.predict(x, sigma, labels).variance_value is not None
+    # ancestral sampling with the learned variance runs through both wrappers
+    Sampler("ddpm", 4, variance="learned")(guided, LinearSchedule(), (2, 1), class_labels=labels)

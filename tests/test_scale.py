@@ -61,9 +61,10 @@ def test_multirun_2x2_makes_four_runs_and_a_summary(tmp_path):
         text=True,
     )
     assert summary.returncode == 0, summary.stderr
+    per_run_table = summary.stdout.split("\n\n")[0]  # then the metric per schedule x model
     rows = [
         line
-        for line in summary.stdout.splitlines()
+        for line in per_run_table.splitlines()
         if line.startswith("| ") and "job" not in line and "---" not in line
     ]
     assert len(rows) == 4

@@ -121,3 +121,27 @@ def test_zero_terminal_snr_rescaling(schedule):
     assert (abar[1:] < abar[:-1]).all()
     labels = schedule.noise_labels(torch.tensor([math.inf, float(schedule.sigmas[-2])]))
     torch.testing.assert_close(labels, torch.tensor([999.0, 998.0]))
+
+
+def test_linear_betas_scale_with_the_number_of_timesteps():
+    """improved-diffusion's rule: DDPM's 1e-4..0.02 are for T = 1000, scaled by 1000 / T."""
+    short = LinearSchedule(100)
+    torch.testing.assert_close(short.betas[[0, -1]], torch.tensor([1e-3, 0.2], dtype=torch.float64))
+    # abar_T = prod (1 - beta_t): the same order of magnitude as T = 1000's, near 0
+    assert float(short.alphas_cumprod[-1]) < 1e-3
+    assert LinearSchedule(20).betas.max() == pytest.approx(0.999)  # 0.02 x 50 = 1, clipped
+    unscaled = LinearSchedule(100, scale_to_num_timesteps=False)
+    torch.testing.assert_close(unscaled.betas, torch.linspace(1e-4, 0.02, 100, dtype=torch.float64))
+
+
+def test_a_schedule_that_does_not_end_in_noise_is_reported_with_its_value():
+    expected = float(torch.prod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)))
+    with pytest.warns(UserWarning, match=rf"abar_T = {expected:.4g} > 0.001"):
+        LinearSchedule(100, scale_to_num_timesteps=False)
+
+
+def test_a_continuous_schedule_reports_a_small_sigma_max():
+    from difforge.diffusion.schedules import EDMSchedule
+
+    with pytest.warns(UserWarning, match=r"schedule edm: abar_T = 0.01 > 0.001"):
+        EDMSchedule(sigma_max=float(99**0.5))

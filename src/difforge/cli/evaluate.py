@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import torch
@@ -11,8 +12,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from difforge.cli.common import output_dir, print_config
-from difforge.cli.sample import load_model, pick_device
-from difforge.diffusion.likelihood import bits_per_dim, ode_log_likelihood, vlb_bits_per_dim
+from difforge.cli.sample import load_model, pick_device, sampling_labels
+from difforge.diffusion.gaussian_mixture import GaussianMixture
+from difforge.diffusion.likelihood import (
+    bits_per_dim,
+    dequantize,
+    ode_log_likelihood,
+    vlb_bits_per_dim,
+)
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import DiscreteSchedule
 from difforge.errors import DifforgeError
@@ -21,6 +28,7 @@ from difforge.training.module import DiffusionModule
 
 log = logging.getLogger("difforge")
 NLL_METHODS = ("auto", "vlb", "ode")
+DEFAULT_ODE_STEPS = 50
 
 
 def likelihood_metrics(
@@ -34,6 +42,11 @@ def likelihood_metrics(
         method = "vlb" if isinstance(schedule, DiscreteSchedule) else "ode"
     generator = torch.Generator().manual_seed(cfg.seed)
     num_dims = x[0].numel()
+    if method == "vlb" and cfg.nll.ode_steps is not None:
+        raise DifforgeError(
+            f"nll.ode_steps={cfg.nll.ode_steps} applies to nll.method=ode; this NLL is the VLB "
+            "(nll.method=vlb or auto with a discrete schedule)"
+        )
     if method == "vlb":
         if not isinstance(schedule, DiscreteSchedule):
             raise DifforgeError("nll.method=vlb needs a discrete schedule; use nll.method=ode")
@@ -42,34 +55,83 @@ def likelihood_metrics(
             denoiser, schedule, x, variance=variance, discretized=is_image, generator=generator
         )
         return {"nll_bpd_vlb": float(bound["total"].mean())}
+    if is_image:
+        # 8-bit pixels: the ODE density of dequantised points, not of the bin centres.
+        x = dequantize(x, generator=generator)
     with torch.no_grad():
         log_prob = ode_log_likelihood(
             denoiser,
             x,
             schedule.sigma_min,
             schedule.sigma_max,
-            steps=cfg.nll.ode_steps,
+            steps=cfg.nll.ode_steps or DEFAULT_ODE_STEPS,
             num_probes=None if num_dims <= 4 else 1,
             generator=generator,
         )
     return {"nll_bpd_ode": float(bits_per_dim(log_prob, num_dims, 8 if is_image else None).mean())}
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
+def seeds_flag_to_override(argv: list[str]) -> list[str]:
+    """``--seeds N`` (or ``--seeds=N``) -> the Hydra override ``seeds=N``, so that EDM's protocol
+    reads as ``python src/eval.py ... --seeds 3``."""
+    out: list[str] = []
+    values = iter(argv)
+    for arg in values:
+        if arg == "--seeds":
+            out.append(f"seeds={next(values, '')}")
+        elif arg.startswith("--seeds="):
+            out.append(f"seeds={arg.split('=', 1)[1]}")
+        else:
+            out.append(arg)
+    return out
+
+
+PROTOCOL_ONLY = ("metrics.dinov2_weights", "metrics.dinov2_ref", "metrics.precision_recall")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
     print_config(cfg)
     device = pick_device(str(cfg.device))
+    if OmegaConf.select(cfg, "metrics.fid_ref") is not None:
+        return evaluate_with_reference(cfg, device)
+    if cfg.get("pretrained") is not None:
+        raise DifforgeError(
+            "a pretrained= diffusers model has no dataset to compare with: give "
+            "metrics.fid_ref=<reference .npz> (guided-diffusion reference batch or EDM fid-refs)"
+        )
+    for key in PROTOCOL_ONLY:
+        if OmegaConf.select(cfg, key) is not None:
+            raise DifforgeError(
+                f"{key} applies to the reference protocol: give metrics.fid_ref=PATH"
+            )
+    if cfg.get("seeds", 1) != 1:
+        raise DifforgeError(
+            f"seeds={cfg.seeds} applies to the reference protocol: give metrics.fid_ref=PATH"
+        )
     sampler: Sampler = instantiate(cfg.sampler)
     model, mixture, train_cfg = load_model(cfg, sampler, device)
     generator = torch.Generator(
         device=device if isinstance(model, DiffusionModule) else "cpu"
     ).manual_seed(cfg.seed)
+    labels = sampling_labels(cfg, model)
     result = model.generate(
-        cfg.num_samples, generator=generator, batch_size=cfg.batch_size, progress=True
+        cfg.num_samples,
+        generator=generator,
+        batch_size=cfg.batch_size,
+        class_labels=labels,
+        use_ema=cfg.use_ema,
+        progress=True,
     )
     metrics: dict[str, float] = {
         "nfe": float(result.nfe),
         "num_samples": float(result.samples.shape[0]),
     }
+    if cfg.get("class_label") is not None:
+        metrics["class_label"] = float(cfg.class_label)
+        if mixture is not None:
+            # A mixture's labels are its component indices: one class is one component.
+            k = int(cfg.class_label)
+            mixture = GaussianMixture([1.0], mixture.means[k : k + 1], mixture.stds[k : k + 1])
     if mixture is not None:
         metrics.update(mixture_metrics(result.samples, mixture, seed=cfg.seed))
     if isinstance(model, DiffusionModule):
@@ -122,3 +184,69 @@ def evaluate_trained(
             )
         )
     return metrics
+
+
+def evaluate_with_reference(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """The paper protocol (:mod:`difforge.metrics.protocol`) against ``metrics.fid_ref``, across
+    the ranks torchrun starts; rank 0 writes ``metrics.json``."""
+    from difforge.metrics.features import inception
+    from difforge.metrics.protocol import Extractors, Ranks, evaluate_protocol
+    from difforge.metrics.reference_files import load_reference_file
+
+    if cfg.get("class_label") is not None:
+        raise DifforgeError(
+            "class_label does not apply to the reference protocol: class labels cycle through "
+            "all classes, as the reference batches hold them"
+        )
+    seeds = cfg.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise DifforgeError(f"seeds must be a positive integer, got {seeds!r}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cuda":
+        # One GPU per rank, chosen before NCCL starts (torchrun sets LOCAL_RANK).
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    ranks = Ranks.from_environment(device)
+    reference = load_reference_file(cfg.metrics.fid_ref)
+    sampler: Sampler = instantiate(cfg.sampler)
+    model, _, _ = load_model(cfg, sampler, device)
+    if not isinstance(model, DiffusionModule) or len(model.data_shape) != 3:
+        raise DifforgeError(
+            "metrics.fid_ref needs a trained image model (ckpt_path= or pretrained=)"
+        )
+    extractors = Extractors(
+        inception(OmegaConf.select(cfg, "metrics.inception_weights")).to(device)
+    )
+    dinov2_reference = None
+    if OmegaConf.select(cfg, "metrics.dinov2_weights") is not None:
+        from difforge.metrics.dinov2 import load_dinov2
+
+        extractors.dinov2 = load_dinov2(cfg.metrics.dinov2_weights).to(device)
+        if OmegaConf.select(cfg, "metrics.dinov2_ref") is not None:
+            dinov2_file = load_reference_file(cfg.metrics.dinov2_ref)
+            dinov2_reference = (dinov2_file.mu, dinov2_file.sigma)
+    elif OmegaConf.select(cfg, "metrics.dinov2_ref") is not None:
+        raise DifforgeError("metrics.dinov2_ref needs metrics.dinov2_weights (the DINOv2 network)")
+    result = evaluate_protocol(
+        model,
+        reference,
+        extractors,
+        num_samples=cfg.num_samples,
+        batch_size=cfg.batch_size,
+        seeds=list(range(cfg.seed, cfg.seed + seeds)),
+        device=device,
+        ranks=ranks,
+        dinov2_reference=dinov2_reference,
+        precision_recall_enabled=OmegaConf.select(cfg, "metrics.precision_recall"),
+        use_ema=cfg.use_ema,
+    )
+    result.update(
+        sampler=sampler.algorithm,
+        steps=sampler.steps,
+        model=str(cfg.pretrained if cfg.get("pretrained") is not None else cfg.ckpt_path),
+    )
+    if ranks.rank == 0:
+        path = output_dir() / "metrics.json"
+        path.write_text(json.dumps(result, indent=2, sort_keys=True))
+        log.info("wrote %s", path)
+        print(json.dumps(result, sort_keys=True))
+    return result

@@ -63,34 +63,125 @@ class OracleSampling:
         )
 
 
+# Options of sample.yaml / eval.yaml that only a trained checkpoint can use, with their defaults.
+CHECKPOINT_ONLY_OPTIONS = {"use_ema": True, "guidance_scale": None, "class_label": None}
+
+
+def known_mixture(data_cfg: DictConfig) -> Any:
+    """The exact law of the data (``datamodule.mixture``), or None when it is not known."""
+    if "Mixture" not in str(data_cfg.get("_target_", "")):
+        return None
+    return instantiate(data_cfg).mixture
+
+
+def load_oracle(cfg: DictConfig, sampler: Sampler) -> tuple[Any, Any, None]:
+    if cfg.get("model") is None:
+        raise DifforgeError(
+            "give ckpt_path=<checkpoint> (or model=gmm_oracle data=gmm1d for the exact model)"
+        )
+    if "GaussianMixtureOracle" not in str(cfg.model.get("_target_", "")):
+        raise DifforgeError(
+            f"model {cfg.model._target_} needs training: give ckpt_path=<checkpoint>"
+        )
+    for key, default in CHECKPOINT_ONLY_OPTIONS.items():
+        if cfg.get(key, default) != default:
+            raise DifforgeError(
+                f"{key}={cfg.get(key)} needs a trained checkpoint (ckpt_path=...): the exact model "
+                "has no EMA weights and no class conditioning"
+            )
+    if cfg.get("data") is None:
+        raise DifforgeError(
+            "model=gmm_oracle needs the mixture it is exact for: data=gmm1d or data=gmm2d"
+        )
+    mixture = known_mixture(cfg.data)
+    if mixture is None:
+        raise DifforgeError(
+            f"model=gmm_oracle needs data with a known Gaussian mixture (gmm1d, gmm2d); "
+            f"{cfg.data._target_} has none"
+        )
+    oracle = instantiate(cfg.model, mixture=mixture)
+    schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else EDMSchedule()
+    return OracleSampling(oracle, schedule, sampler), mixture, None
+
+
+def sampling_labels(cfg: DictConfig, model: Any) -> torch.Tensor | None:
+    """The class label of every sample: ``class_label`` for all, else the classes in turn for a
+    class-conditional model; None for an unconditional one."""
+    num_classes = int(getattr(model, "num_classes", 0))
+    label = cfg.get("class_label")
+    if label is None:
+        return torch.arange(cfg.num_samples) % num_classes if num_classes else None
+    if num_classes == 0:
+        raise DifforgeError(
+            f"class_label={label} needs a class-conditional model; this one is unconditional "
+            "(model.num_classes=0)"
+        )
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
+        raise DifforgeError(f"class_label must be an integer in [0, {num_classes}), got {label!r}")
+    return torch.full((cfg.num_samples,), label, dtype=torch.long)
+
+
 def load_model(
     cfg: DictConfig, sampler: Sampler, device: torch.device
 ) -> tuple[Any, Any, DictConfig | None]:
     """The model to sample, the mixture of its data if known, and its training config (None for an
-    exact model)."""
+    exact model or a diffusers pipeline)."""
+    if cfg.get("pretrained") is not None:
+        return load_pretrained(cfg, sampler, device), None, None
     if cfg.ckpt_path is None:
-        if cfg.get("model") is None:
-            raise DifforgeError(
-                "give ckpt_path=<checkpoint> (or model=gmm_oracle data=gmm1d for the exact model)"
-            )
-        oracle = instantiate(cfg.model)
-        if not isinstance(oracle, GaussianMixtureOracle):
-            raise DifforgeError(
-                f"model {cfg.model._target_} needs training: give ckpt_path=<checkpoint>"
-            )
-        schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else EDMSchedule()
-        return OracleSampling(oracle, schedule, sampler), oracle.mixture, None
+        return load_oracle(cfg, sampler)
+    given = [group for group in ("data", "model", "schedule") if cfg.get(group) is not None]
+    if given:
+        raise DifforgeError(
+            f"{', '.join(given)} cannot be chosen with ckpt_path: a checkpoint brings its own "
+            "(drop them, or drop ckpt_path for model=gmm_oracle)"
+        )
     module, train_cfg = module_from_checkpoint(cfg.ckpt_path)
     module.sampler = sampler
     if cfg.get("guidance_scale") is not None:
         module.guidance_scale = float(cfg.guidance_scale)
     module.to(device)
-    mixture = None
-    if "mixture" in str(train_cfg.data.get("_target_", "")).lower() or "weights" in train_cfg.data:
-        mixture = GaussianMixtureOracle.from_config(
-            train_cfg.data.weights, train_cfg.data.means, train_cfg.data.stds
-        ).mixture
-    return module, mixture, train_cfg
+    return module, known_mixture(train_cfg.data), train_cfg
+
+
+def load_pretrained(cfg: DictConfig, sampler: Sampler, device: torch.device) -> DiffusionModule:
+    """The diffusers pipeline folder ``cfg.pretrained`` as a difforge model."""
+    from difforge.interop.diffusers_pipeline import load_pipeline
+
+    if cfg.ckpt_path is not None:
+        raise DifforgeError(
+            "give either ckpt_path= (a difforge checkpoint) or pretrained= (a diffusers folder), not both"
+        )
+    if cfg.get("guidance_scale") is not None and float(cfg.guidance_scale) != 1.0:
+        raise DifforgeError(
+            f"guidance_scale={cfg.guidance_scale}: a diffusers UNet2DModel has no null class label for guidance"
+        )
+    module: DiffusionModule = load_pipeline(cfg.pretrained, sampler)
+    return module.to(device)
+
+
+def load_noise(path: str, num_samples: int, data_shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard-normal starting draws ``(num_samples, *data_shape)`` from a ``.npy`` file (diffusers'
+    ``latents``: the unit-variance VP latent at the top of the grid)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DifforgeError(
+            f"noise={path}: no such file (give a .npy array of shape (N, {', '.join(map(str, data_shape))}))"
+        )
+    try:
+        array = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DifforgeError(f"noise={path}: not a .npy array ({error})") from None
+    expected = (num_samples, *data_shape)
+    if tuple(array.shape) != expected:
+        raise DifforgeError(
+            f"noise={path} has shape {tuple(array.shape)}, expected {expected} (num_samples={num_samples})"
+        )
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DifforgeError(f"noise={path} must hold floats, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise DifforgeError(f"noise={path} holds non-finite values")
+    return torch.from_numpy(array.astype(np.float32))
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
@@ -103,15 +194,20 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     generator = torch.Generator(
         device=device if isinstance(model, DiffusionModule) else "cpu"
     ).manual_seed(cfg.seed)
-    labels = None
-    if cfg.get("class_label") is not None:
-        labels = torch.full((cfg.num_samples,), int(cfg.class_label), dtype=torch.long)
+    labels = sampling_labels(cfg, model)
+    noise = None
+    if cfg.get("noise") is not None:
+        if not isinstance(model, DiffusionModule):
+            raise DifforgeError("noise= needs a trained model (ckpt_path= or pretrained=)")
+        noise = load_noise(str(cfg.noise), cfg.num_samples, model.data_shape)
     result = model.generate(
         cfg.num_samples,
         generator=generator,
         batch_size=cfg.batch_size,
         class_labels=labels,
+        use_ema=cfg.use_ema,
         progress=True,
+        noise=noise,
     )
     out = output_dir()
     samples = result.samples
@@ -120,7 +216,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         if samples.ndim == 4
         else samples.reshape(samples.shape[0], -1).float().numpy()
     )
-    np.savez(out / "samples.npz", array)
+    # arr_1: the class labels, as in guided-diffusion's sample files.
+    np.savez(out / "samples.npz", array, *([] if labels is None else [labels.numpy()]))
     save_samples_figure(
         samples[:256] if samples.ndim == 4 else samples,
         out / "samples.png",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,62 +14,174 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.errors import DifforgeError
-from difforge.training.build import build_module
+from difforge.training.build import build_module, resolve_precision
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.module import effective_batch_size
 
 log = logging.getLogger("difforge")
 
 
+# The config groups that name a run for ``ckpt_path=last``: an earlier run is resumed only if it
+# made the same choices (so never another experiment's model).
+RUN_IDENTITY_GROUPS = ("experiment", "data", "model", "schedule", "parameterization", "loss")
+RUN_FILE = "run.json"  # a run's effective overrides and choices, read by ckpt_path=last
+
+
+def run_identity(choices: Any) -> dict[str, str | None]:
+    return {group: choices.get(group) for group in RUN_IDENTITY_GROUPS}
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``null`` -> None; ``last`` -> this run's ``checkpoints/last.ckpt`` if present, else the newest
-    ``last.ckpt`` among earlier runs of the same task; anything else -> that path, which must exist."""
+    """``null`` -> None; ``last`` -> this run directory's ``checkpoints/last.ckpt`` if present;
+    else, in a single run, the newest ``last.ckpt`` among earlier runs of the task that made the
+    same config group choices (``RUN_IDENTITY_GROUPS``); a sweep job resumes only its own
+    directory. Anything else -> that path, which must exist."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         return None
-    if str(ckpt_path) == "last":
-        own = output_dir() / "checkpoints" / "last.ckpt"
-        if own.is_file():
-            return str(own)
-        runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
-        candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise DifforgeError(
-                f"ckpt_path=last: no checkpoints/last.ckpt in {output_dir()} or under {runs}"
-            )
-        return str(candidates[-1])
-    if not Path(ckpt_path).is_file():
-        raise DifforgeError(f"ckpt_path={ckpt_path} does not exist")
-    return str(ckpt_path)
-
-
-def checked_ckpt_path(cfg: DictConfig) -> str | None:
-    """The resume checkpoint, after a safe load that refuses damaged or unsafe files clearly."""
-    path = resolve_ckpt_path(cfg)
-    if path is not None:
-        load_checkpoint(path)
-    return path
-
-
-def refuse_ddp_in_basic_multirun(cfg: DictConfig) -> None:
-    """Under ``-m`` with Hydra's basic launcher, DDP's extra ranks re-run the whole sweep."""
+    if str(ckpt_path) != "last":
+        if not Path(ckpt_path).is_file():
+            raise DifforgeError(f"ckpt_path={ckpt_path} does not exist")
+        return str(ckpt_path)
+    own = output_dir() / "checkpoints" / "last.ckpt"
+    if own.is_file():
+        return str(own)
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return
-    devices = cfg.trainer.get("devices", 1)
-    many = (isinstance(devices, int) and devices > 1) or (
-        not isinstance(devices, int) and str(devices) not in ("1", "auto")
-    )
-    launcher = hydra_cfg.runtime.choices.get("hydra/launcher", "basic")
-    if many and launcher == "basic":
+    if hydra_cfg.mode == RunMode.MULTIRUN:
         raise DifforgeError(
-            f"a multirun (-m) with trainer.devices={devices} under Hydra's basic launcher would re-launch the "
-            "whole sweep in every DDP rank; use hydra/launcher=submitit_local or submitit_slurm (one job per run), "
-            "or trainer.devices=1"
+            f"ckpt_path=last: no {own}; a sweep job resumes only its own directory "
+            "(rerun the sweep with hydra.sweep.dir=<its directory>)"
+        )
+    identity = run_identity(hydra_cfg.runtime.choices)
+    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    candidates = sorted(
+        (
+            run / "checkpoints" / "last.ckpt"
+            for run in runs.glob("*")
+            if (run / "checkpoints" / "last.ckpt").is_file()
+            and (run / RUN_FILE).is_file()
+            and json.loads((run / RUN_FILE).read_text()).get("identity") == identity
+        ),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not candidates:
+        named = " ".join(f"{k}={v}" for k, v in identity.items() if v is not None)
+        raise DifforgeError(
+            f"ckpt_path=last: no run with {named} to resume; looked in {own} and in "
+            f"{runs}/*/checkpoints/last.ckpt; name the run with hydra.run.dir=<run directory>"
+        )
+    return str(candidates[-1])
+
+
+def override_key(override: str) -> str:
+    """``+a.b=1`` / ``~a.b`` / ``a.b=1`` -> ``a.b``."""
+    return override.lstrip("~+").split("=", 1)[0]
+
+
+def merge_overrides(saved: list[str], new: list[str]) -> list[str]:
+    """The saved run's overrides with the new ones on top (a new one replaces a saved one with the
+    same key)."""
+    replaced = {override_key(o) for o in new} | {"ckpt_path"}
+    return [o for o in saved if override_key(o) not in replaced] + list(new)
+
+
+def first_difference(a: Any, b: Any, prefix: str) -> str | None:
+    """The first key at which two plain configs differ, with both values, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = first_difference(a.get(key), b.get(key), f"{prefix}.{key}")
+            if found:
+                return found
+        return None
+    return None if a == b else f"{prefix}: {a!r} in the checkpoint, {b!r} now"
+
+
+def resumed_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
+    """The config of a resumed run: the checkpoint's run overrides with this command's on top.
+
+    Recomposed with Hydra, so group choices (``experiment=gmm1d``) carry over too; Hydra's runtime
+    record (choices, overrides, ``.hydra/``) is updated to the effective run.
+    """
+    from hydra import compose
+
+    saved_config = load_checkpoint(ckpt_path)["difforge"]["config"]
+    saved = saved_config.get("overrides")
+    hydra_cfg = HydraConfig.get()
+    if saved is None:
+        log.warning(
+            "%s holds no run overrides (written by an older difforge): resuming with this command's config only",
+            ckpt_path,
+        )
+        merged = list(hydra_cfg.overrides.task)
+        effective = cfg
+    else:
+        merged = merge_overrides(list(saved), list(hydra_cfg.overrides.task))
+        composed = compose(config_name="train", overrides=merged, return_hydra_config=True)
+        updated = OmegaConf.create({"hydra": copy.deepcopy(hydra_cfg)})
+        with read_write(updated.hydra.runtime), read_write(updated.hydra.overrides):
+            updated.hydra.runtime.choices = composed.hydra.runtime.choices
+            updated.hydra.overrides.task = merged
+        HydraConfig.instance().set_config(updated)
+        hydra_cfg = HydraConfig.get()
+        with open_dict(composed):
+            del composed["hydra"]
+        effective = composed
+        log.info(
+            "resuming with the run's overrides and this command's on top: %s", " ".join(merged)
+        )
+    difference = first_difference(
+        saved_config.get("model"), OmegaConf.to_container(effective.model, resolve=True), "model"
+    )
+    if difference:
+        raise DifforgeError(
+            f"ckpt_path={cfg.ckpt_path}: the checkpoint's network differs from this run's ({difference})"
+        )
+    if hydra_cfg.output_subdir is not None:
+        record = output_dir() / str(hydra_cfg.output_subdir)
+        record.mkdir(parents=True, exist_ok=True)
+        (record / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(merged)))
+        (record / "config.yaml").write_text(OmegaConf.to_yaml(effective))
+    return effective
+
+
+def write_run_file(cfg: DictConfig) -> None:
+    """``run.json``: the effective overrides and group choices, for ``ckpt_path=last``."""
+    hydra_cfg = HydraConfig.get()
+    record = {
+        "identity": run_identity(hydra_cfg.runtime.choices),
+        "overrides": list(hydra_cfg.overrides.task),
+    }
+    (output_dir() / RUN_FILE).write_text(json.dumps(record, indent=2))
+
+
+def check_launch(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Before any process starts, on the devices Lightning resolved (``4``, ``-1``, ``auto``...):
+    refuse several processes per job in a multirun under Hydra's basic launcher (DDP's extra
+    ranks would re-run the whole sweep), and announce several processes on the CPU."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    processes = trainer.num_devices * trainer.num_nodes
+    devices = cfg.trainer.get("devices")
+    hydra_cfg = HydraConfig.get()
+    launcher = hydra_cfg.runtime.choices.get("hydra/launcher", "basic")
+    if hydra_cfg.mode == RunMode.MULTIRUN and processes > 1 and launcher == "basic":
+        raise DifforgeError(
+            f"a multirun (-m) with trainer.devices={devices} ({processes} processes per run) under Hydra's "
+            "basic launcher would re-launch the whole sweep in every DDP rank; use "
+            "hydra/launcher=submitit_local or submitit_slurm (one job per run), or trainer.devices=1"
+        )
+    if processes > 1 and isinstance(trainer.accelerator, CPUAccelerator):
+        log.warning(
+            "trainer.devices=%s on the CPU (%s): %d training processes will share %d CPU cores; "
+            "trainer.devices=1 trains in one process",
+            devices,
+            "no GPU found" if cfg.trainer.get("accelerator") == "auto" else "accelerator=cpu",
+            processes,
+            os.cpu_count() or 1,
         )
 
 
@@ -91,9 +205,11 @@ def check_trainer_config(trainer_cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path is not None:
+        cfg = resumed_config(cfg, ckpt_path)
     print_config(cfg)
     check_trainer_config(cfg.trainer)
-    refuse_ddp_in_basic_multirun(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     if not cfg.data.get("download", False):
@@ -101,7 +217,11 @@ def train(cfg: DictConfig) -> float | None:
     module = build_module(cfg, tuple(datamodule.data_shape))  # type: ignore[attr-defined]
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
+    )
+    check_launch(trainer, cfg)
     batch = effective_batch_size(
         cfg.data.batch_size, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches
     )
@@ -119,7 +239,12 @@ def train(cfg: DictConfig) -> float | None:
     hparams["num_parameters"] = sum(p.numel() for p in module.denoiser.parameters())
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
-    ckpt_path = checked_ckpt_path(cfg)
+    module.run_config = {
+        **(module.run_config or {}),
+        "overrides": list(HydraConfig.get().overrides.task),
+    }
+    if trainer.global_rank == 0:
+        write_run_file(cfg)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     if cfg.get("train", True):
@@ -134,10 +259,33 @@ def train(cfg: DictConfig) -> float | None:
             return None
     if cfg.get("test", False):
         trainer.test(module, datamodule=datamodule)
+    value = optimized_value(trainer, module, datamodule, cfg)
     write_final_metrics(trainer, cfg)
     log.info("run directory: %s", output_dir())
-    value = trainer.callback_metrics.get(cfg.get("optimized_metric", "val/loss"))
-    return None if value is None else float(value)
+    return value
+
+
+def optimized_value(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    cfg: DictConfig,
+) -> float | None:
+    """The value of ``optimized_metric`` at the end of the run, for sweepers. A run that ended
+    before its first validation (shorter than an epoch) validates once now."""
+    name = cfg.get("optimized_metric")
+    if name is None or not cfg.get("train", True):
+        value = trainer.callback_metrics.get(name) if name else None
+        return None if value is None else float(value)
+    if name not in trainer.callback_metrics:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    if name not in trainer.callback_metrics:
+        logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+        raise DifforgeError(
+            f"optimized_metric={name} was not logged by this run (logged: {logged}); "
+            "choose one of those (val/fid needs image data and callbacks.fid)"
+        )
+    return float(trainer.callback_metrics[name])
 
 
 def write_final_metrics(trainer: L.Trainer, cfg: DictConfig) -> None:

@@ -184,6 +184,10 @@ class EpochShuffleSampler(Sampler[int]):
         self._yielded = 0
 
     def set_epoch(self, epoch: int) -> None:
+        # The saved position belongs to the saved epoch: a run saved after the last batch of an
+        # epoch resumes in the next one, from its start.
+        if epoch != self.epoch:
+            self._resume_from = 0
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -162,12 +162,6 @@ class GaussianMixtureOracle(torch.nn.Module):
         super().__init__()
         self.mixture = mixture
 
-    @classmethod
-    def from_config(
-        cls, weights: Sequence[float], means: Sequence, stds: Sequence
-    ) -> GaussianMixtureOracle:
-        return cls(GaussianMixture(weights, means, stds))
-
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """At ``sigma = inf`` (zero terminal SNR; ``x`` then holds the unit noise) E[x_0 | x] is
         the mixture's mean."""

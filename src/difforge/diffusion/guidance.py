@@ -3,8 +3,12 @@
     D_w(x, sigma, c) = D(x, sigma, null) + w (D(x, sigma, c) - D(x, sigma, null)),
 
 ``w = guidance_scale`` (w = 1: the plain conditional model; w = 0: unconditional). The
-conditional and unconditional passes run as one batch of 2B, counted as one function evaluation.
-The null label is ``num_classes`` (the networks' extra embedding row).
+conditional and unconditional passes run as one batch of 2B: one call, two network evaluations
+per sample (``evals_per_call``). The null label is ``num_classes`` (the networks' extra
+embedding row).
+
+With a learned variance the mean is guided and the variance is the conditional branch's, as in
+GLIDE (Nichol et al. 2022) and improved-diffusion's guided sampling.
 """
 
 from __future__ import annotations
@@ -12,27 +16,38 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from difforge.diffusion.parameterization import DenoiserWrapper, NetworkOutput
 
-class ClassifierFreeGuidance(nn.Module):
+
+class ClassifierFreeGuidance(DenoiserWrapper):
     def __init__(self, denoiser: nn.Module, guidance_scale: float) -> None:
-        super().__init__()
-        num_classes = int(getattr(denoiser, "num_classes", 0))
-        if num_classes == 0 and guidance_scale != 1.0:
+        super().__init__(denoiser)
+        if self.num_classes == 0 and guidance_scale != 1.0:
             raise ValueError(
                 f"guidance_scale={guidance_scale} needs a class-conditional model; this model is unconditional "
                 "(set guidance_scale=1.0 or train with model.num_classes > 0)"
             )
-        self.denoiser = denoiser
         self.guidance_scale = float(guidance_scale)
-        self.num_classes = num_classes
-        self.learned_variance = bool(getattr(denoiser, "learned_variance", False))
 
-    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    @property
+    def evals_per_call(self) -> int:
+        both_halves = self.guidance_scale != 1.0
+        return super().evals_per_call * (2 if both_halves else 1)
+
+    def predict(
+        self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None
+    ) -> NetworkOutput:
         if class_labels is None or self.guidance_scale == 1.0:
-            return self.denoiser(x, sigma, class_labels)
+            return super().predict(x, sigma, class_labels)
         null = torch.full_like(class_labels, self.num_classes)
-        both = self.denoiser(
+        sigma = sigma.reshape(-1).expand(x.shape[0])
+        both = super().predict(
             torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([class_labels, null])
         )
-        conditional, unconditional = both.chunk(2)
-        return unconditional + self.guidance_scale * (conditional - unconditional)
+        (x0_c, x0_u), (raw_c, raw_u) = both.x0.chunk(2), both.raw.chunk(2)
+        w = self.guidance_scale
+        return NetworkOutput(
+            x0_u + w * (x0_c - x0_u),
+            raw_u + w * (raw_c - raw_u),
+            None if both.variance_value is None else both.variance_value.chunk(2)[0],
+        )

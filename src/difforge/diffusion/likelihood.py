@@ -91,7 +91,8 @@ def reverse_step_log_variance(
     variance_value: Tensor | None,
 ) -> Tensor:
     """log Sigma_t of p(x_{t-1} | x_t): ``small`` (posterior beta~_t, with beta~_1 replaced by beta~_2
-    as improved-diffusion does, since beta~_1 = 0), ``large`` (beta_t) or ``learned`` (eq. 15)."""
+    as improved-diffusion does, since beta~_1 = 0), ``large`` (beta_t, and beta~_2 at t = 1 as in
+    Ho et al.'s code and improved-diffusion) or ``learned`` (eq. 15)."""
     abar_prev = previous_alphas_cumprod(schedule)
     posterior_var = posterior_coefficients(schedule.alphas_cumprod, abar_prev)[2]
     log_small = torch.cat([posterior_var[1:2], posterior_var[1:]]).log()
@@ -99,7 +100,10 @@ def reverse_step_log_variance(
     if variance == "small":
         return _at(log_small, index, like).expand_as(like)
     if variance == "large":
-        return _at(log_large, index, like).expand_as(like)
+        # Ho et al.'s code and improved-diffusion ("fixedlarge"): beta~_2 in place of beta_1 at
+        # t = 1, where the decoder L_0 uses it; the learned range below keeps log beta_t.
+        log_fixed_large = torch.cat([posterior_var[1:2], schedule.betas[1:]]).log()
+        return _at(log_fixed_large, index, like).expand_as(like)
     if variance == "learned":
         if variance_value is None:
             raise ValueError(
@@ -257,6 +261,20 @@ def ode_log_likelihood(
         1
     ) / prior_var - 0.5 * num_dims * math.log(2 * math.pi * prior_var)
     return prior_log_prob + delta
+
+
+def dequantize(x: Tensor, bits: int = 8, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform dequantisation of images in [-1, 1] stored with ``bits`` bits (score_sde; Theis et
+    al. 2016, sec. 3.1): pixel ``k = round((x + 1) / 2 (2^bits - 1))`` becomes
+    ``y = 2 (k + u) / 2^bits - 1`` with ``u ~ U[0, 1)``, so that ``-E_u log p(y)`` in
+    ``bits_per_dim(..., data_bits=bits)`` bounds the discrete NLL from above: a continuous
+    density evaluated at the bin centres alone can fall below the data's entropy.
+    ``x: (B, ...)`` -> ``y`` of the same shape.
+    """
+    levels = 2**bits
+    k = ((x + 1) / 2 * (levels - 1)).round()
+    u = torch.rand(x.shape, generator=generator).to(x)
+    return 2 * (k + u) / levels - 1
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int, data_bits: int | None = None) -> Tensor:

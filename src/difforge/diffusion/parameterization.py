@@ -17,7 +17,11 @@ name        c_skip                       c_out                           F predi
                                                                          (Salimans & Ho 2022, sec. 4)
 ``edm``     sd^2 / (sigma^2 + sd^2)      sigma sd / sqrt(sigma^2 + sd^2) EDM table 1, sd = sigma_data;
                                                                          c_in = 1 / sqrt(sigma^2 + sd^2)
+``flow``    1 / (1 + sigma)              -sigma / (1 + sigma)            velocity u = eps - x_0 (rectified
+                                                                         flow); c_in = 1 / (1 + sigma)
 ==========  ===========================  ==============================  ==========================
+
+``flow`` is derived in ``FlowParameterization``'s docstring.
 
 The network's regression target is ``F* = (x_0 - c_skip x) / c_out`` (EDM eq. 8), written here
 in closed form in ``x_0`` and ``eps`` so it stays exact as ``sigma -> 0`` and finite at
@@ -34,7 +38,7 @@ predictions (x0, eps, v, score) live here too.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -160,9 +164,44 @@ class EDMParameterization(Parameterization):
         return f"EDMParameterization(sigma_data={self.sigma_data})"
 
 
+class FlowParameterization(Parameterization):
+    """The network predicts the rectified-flow velocity ``u = dx_t/dt = eps - x_0`` (Liu et al. 2023;
+    Lipman et al. 2023; Esser et al. 2024, eq. 6 with a_t = 1 - t, b_t = t).
+
+    Derivation. With ``t = sigma / (1 + sigma)`` the flow point is ``x_t = (1 - t) x_0 + t eps
+    = x / (1 + sigma)``, so the network gets ``c_in = 1 - t = 1 / (1 + sigma)``. From ``x_t`` and
+    ``u``: ``x_0 = x_t - t u``, hence
+
+        D(x, sigma) = x / (1 + sigma) - sigma / (1 + sigma) F,
+        c_skip = 1 / (1 + sigma),   c_out = -sigma / (1 + sigma),
+
+    and the regression target ``(x_0 - c_skip x) / c_out = eps - x_0`` (EDM eq. 8). ``c_noise`` is
+    the schedule's: ``1000 t`` under ``schedule=rectified_flow`` (SD3's timesteps), the fractional
+    timestep under a discrete schedule. Under the uniform weighting the loss is the conditional
+    flow-matching loss ``||F - (eps - x_0)||^2`` (Lipman et al. 2023, eq. 9).
+    """
+
+    name = "flow"
+    skip_at_infinity = 1.0  # lim sigma / (1 + sigma): x_0 = eps - F at t = 1
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        c_in = 1 / (1 + sigma)
+        # c_out = -sigma / (1 + sigma), written to stay finite at sigma = inf
+        return c_in, -1 / (1 + sigma**-1), c_in
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        return noise - x0
+
+
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {
     cls.name: cls
-    for cls in (EpsParameterization, X0Parameterization, VParameterization, EDMParameterization)
+    for cls in (
+        EpsParameterization,
+        X0Parameterization,
+        VParameterization,
+        EDMParameterization,
+        FlowParameterization,
+    )
 }
 
 
@@ -206,6 +245,8 @@ class Denoiser(nn.Module):
                 "(Lin et al. 2024, sec. 3.2)"
             )
 
+    evals_per_call = 1  # network evaluations per sample in one call
+
     @property
     def learned_variance(self) -> bool:
         return bool(getattr(self.net, "learned_variance", False))
@@ -236,7 +277,47 @@ class Denoiser(nn.Module):
         return self.predict(x, sigma, class_labels).x0
 
 
-class ClippedDenoiser(nn.Module):
+class DenoiserWrapper(nn.Module):
+    """Base of the modules that wrap a denoiser (guidance, clipping): forwards the whole denoiser
+    interface (``predict``, ``learned_variance``, ``num_classes``, ``evals_per_call``), so a
+    subclass changes only what it changes, by overriding ``predict``; calling it returns
+    ``predict(...).x0``.
+
+    ``denoiser``: a ``Denoiser``, another wrapper, or any ``denoiser(x, sigma, class_labels)``
+    module (an exact oracle), whose output then stands for both ``x0`` and ``raw``.
+    """
+
+    def __init__(self, denoiser: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    @property
+    def learned_variance(self) -> bool:
+        return bool(getattr(self.denoiser, "learned_variance", False))
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.denoiser, "num_classes", 0))
+
+    @property
+    def evals_per_call(self) -> int:
+        """Network evaluations per sample in one call (2 when guidance runs both halves)."""
+        return int(getattr(self.denoiser, "evals_per_call", 1))
+
+    def predict(
+        self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None
+    ) -> NetworkOutput:
+        predict = getattr(self.denoiser, "predict", None)
+        if predict is not None:
+            return cast(NetworkOutput, predict(x, sigma, class_labels))
+        x0 = self.denoiser(x, sigma, class_labels)
+        return NetworkOutput(x0, x0, None)
+
+    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        return self.predict(x, sigma, class_labels).x0
+
+
+class ClippedDenoiser(DenoiserWrapper):
     """Clamps the denoised estimate to the data range while sampling: "static thresholding"
     (Ho et al. 2020's ``clip_denoised``; Saharia et al. 2022, sec. 2.3).
 
@@ -246,17 +327,11 @@ class ClippedDenoiser(nn.Module):
     """
 
     def __init__(self, denoiser: nn.Module, low: float = -1.0, high: float = 1.0) -> None:
-        super().__init__()
-        self.denoiser = denoiser
+        super().__init__(denoiser)
         self.low, self.high = low, high
-        self.learned_variance = bool(getattr(denoiser, "learned_variance", False))
-        self.num_classes = int(getattr(denoiser, "num_classes", 0))
 
     def predict(
         self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None
     ) -> NetworkOutput:
-        output = self.denoiser.predict(x, sigma, class_labels)  # type: ignore[operator]
+        output = super().predict(x, sigma, class_labels)
         return output._replace(x0=output.x0.clamp(self.low, self.high))
-
-    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        return self.denoiser(x, sigma, class_labels).clamp(self.low, self.high)

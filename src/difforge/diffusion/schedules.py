@@ -20,11 +20,29 @@ the network the (fractional) timestep index as DDPM does.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021, sec. 3.2: clip betas to avoid singularities near t = T
+
+
+# q(x_T) keeps sqrt(abar_T) of the data; sampling starts from N(0, I) regardless, so a larger
+# abar_T shifts every sample (lesson 3 of docs/guide.md: abar_T = 0.36 gives the exact denoiser a
+# W1 of about 1 on gmm1d). 1e-3 leaves 3% of the data's scale.
+MAX_TERMINAL_ALPHA_BAR = 1e-3
+
+
+def check_terminal_noise(name: str, alpha_bar_T: float) -> None:
+    """Warn, with the value, when a schedule's forward process does not end in noise."""
+    if alpha_bar_T > MAX_TERMINAL_ALPHA_BAR:
+        warnings.warn(
+            f"schedule {name}: abar_T = {alpha_bar_T:.4g} > {MAX_TERMINAL_ALPHA_BAR:g}, so q(x_T) still "
+            f"holds sqrt(abar_T) = {math.sqrt(alpha_bar_T):.3g} of the data and sampling from N(0, I) "
+            "is biased; use more timesteps or a larger beta_end/sigma_max",
+            stacklevel=3,
+        )
 
 
 def _check_num_timesteps(num_timesteps: int) -> None:
@@ -136,6 +154,7 @@ class DiscreteSchedule(NoiseSchedule):
         self._sigma_min, self._sigma_max = float(self.sigmas[0]), float(self.sigmas[top_index])
         # The largest finite sigma of the table: noise labels are interpolated below it.
         self._sigma_finite_max = float(self.sigmas[torch.isfinite(self.sigmas)][-1])
+        check_terminal_noise(self.name, float(self.alphas_cumprod[-1]))
         self._log_sigmas_by_device: dict[torch.device, Tensor] = {}
 
     def prior_scale(self, sigma: float) -> float:
@@ -205,7 +224,12 @@ class DiscreteSchedule(NoiseSchedule):
 
 
 class LinearSchedule(DiscreteSchedule):
-    """Ho et al. 2020, sec. 4: betas linear from ``beta_start`` to ``beta_end`` over T steps."""
+    """Ho et al. 2020, sec. 4: betas linear from ``beta_start`` to ``beta_end``, given for
+    T = 1000 and scaled by 1000 / T (Nichol & Dhariwal 2021, improved-diffusion's
+    ``get_named_beta_schedule``), so that abar_T is about the same, near 0, for every T. Betas are
+    clipped at 0.999 (T <= 20). ``scale_to_num_timesteps=False`` keeps the given betas for any T
+    (lesson 3 of docs/guide.md: a forward process that stops short of noise).
+    """
 
     name = "linear"
 
@@ -214,6 +238,7 @@ class LinearSchedule(DiscreteSchedule):
         num_timesteps: int = 1000,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        scale_to_num_timesteps: bool = True,
         rescale_zero_terminal_snr: bool = False,
     ) -> None:
         _check_num_timesteps(num_timesteps)
@@ -221,8 +246,13 @@ class LinearSchedule(DiscreteSchedule):
             raise ValueError(
                 f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
             )
+        scale = 1000 / num_timesteps if scale_to_num_timesteps else 1.0
+        betas = torch.linspace(
+            scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64
+        )
         super().__init__(
-            torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64),
+            betas.clamp(max=MAX_BETA),
+            max_beta=MAX_BETA,
             rescale_zero_terminal_snr=rescale_zero_terminal_snr,
         )
 
@@ -332,6 +362,7 @@ class EDMSchedule(NoiseSchedule):
             )
         self._sigma_min = float(sigma_min)
         self._sigma_max = float(sigma_max)
+        check_terminal_noise(self.name, 1 / (1 + self._sigma_max**2))
         self.rho = float(rho)
         self.P_mean = float(P_mean)
         self.P_std = float(P_std)
@@ -366,6 +397,93 @@ class EDMSchedule(NoiseSchedule):
         return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
 
 
+def flow_time(sigma: Tensor) -> Tensor:
+    """The rectified-flow time of a VE noise level: ``t = sigma / (1 + sigma)`` (1 where sigma is inf)."""
+    return torch.where(torch.isinf(sigma), torch.ones_like(sigma), sigma / (1 + sigma))
+
+
+def flow_sigma(t: Tensor) -> Tensor:
+    """The VE noise level of a rectified-flow time: ``sigma = t / (1 - t)``."""
+    return t / (1 - t)
+
+
+class RectifiedFlowSchedule(NoiseSchedule):
+    """Rectified flow (Liu et al. 2023; Lipman et al. 2023, conditional OT path; Esser et al. 2024).
+
+    The straight path ``x_t = (1 - t) x_0 + t eps``, t in [0, 1], is the VE point
+    ``x = x_t / (1 - t) = x_0 + sigma eps`` at ``sigma = t / (1 - t)`` (so ``t = sigma / (1 + sigma)``,
+    and the signal-to-noise ratio is ``((1 - t) / t)^2 = 1 / sigma^2``).
+
+    ``shift`` is SD3's resolution-dependent timestep shift (Esser et al. 2024, sec. 5.3.2, eq. 23):
+    ``t' = shift t / (1 + (shift - 1) t)``, which in the VE frame is ``sigma' = shift * sigma``
+    (``shift = sqrt(m / n)`` for m pixels against a base resolution of n; SD3 uses 3.0 at 1024^2).
+    It applies to the schedule's own training law and to the ``flow`` sampling grid.
+
+    Own training law: t uniform on ``[t_min, t_max]`` (Liu et al. 2023), then shifted; the
+    ``noise_law`` group offers the others (logit-normal is SD3's). The network is conditioned on
+    ``c_noise = 1000 t`` of the (shifted) noise level, as SD3 feeds its timesteps.
+
+    Args:
+        shift: > 0; 1 is no shift.
+        t_min, t_max: the training and sampling range of t before the shift, 0 < t_min < t_max < 1
+            (t = 1 is sigma = inf, which the VE frame cannot start from; t_max = 0.999 starts a
+            sampler at 0.999 eps + 0.001 x_0, indistinguishable from pure noise).
+    Raises:
+        ValueError: on a shift <= 0 or t_min/t_max outside 0 < t_min < t_max < 1.
+    """
+
+    name = "rectified_flow"
+
+    def __init__(self, shift: float = 1.0, t_min: float = 1e-3, t_max: float = 0.999) -> None:
+        if not shift > 0:
+            raise ValueError(f"schedule.shift must be > 0, got {shift}")
+        if not 0 < t_min < t_max < 1:
+            raise ValueError(f"need 0 < t_min < t_max < 1, got t_min={t_min}, t_max={t_max}")
+        self.shift = float(shift)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self._sigma_min = self.shift * t_min / (1 - t_min)
+        self._sigma_max = self.shift * t_max / (1 - t_max)
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigma_max
+
+    def sample_training_sigmas(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        t = self.t_min + u * (self.t_max - self.t_min)
+        return (self.shift * flow_sigma(t)).to(device=device, dtype=torch.float32)
+
+    def noise_labels(self, sigma: Tensor) -> Tensor:
+        return 1000 * flow_time(sigma.to(torch.float32))
+
+    def prior_scale(self, sigma: float) -> float:
+        """The flow's prior x_1 = eps in the VE frame: ``x = x_t / (1 - t) = (1 + sigma) eps``."""
+        return 1 + sigma
+
+    def training_quantile(self, sigma: Tensor) -> Tensor:
+        t = flow_time(sigma.to(torch.float64) / self.shift)
+        return ((t - self.t_min) / (self.t_max - self.t_min)).clamp(0, 1).to(torch.float32)
+
+    def __repr__(self) -> str:
+        return f"RectifiedFlowSchedule(shift={self.shift:g}, t_min={self.t_min:g}, t_max={self.t_max:g})"
+
+
 SCHEDULES: dict[str, type[NoiseSchedule]] = {
-    cls.name: cls for cls in (LinearSchedule, CosineSchedule, SigmoidSchedule, EDMSchedule)
+    cls.name: cls
+    for cls in (
+        LinearSchedule,
+        CosineSchedule,
+        SigmoidSchedule,
+        EDMSchedule,
+        RectifiedFlowSchedule,
+    )
 }

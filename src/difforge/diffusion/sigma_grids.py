@@ -20,6 +20,9 @@ queried at fractional timesteps):
 - ``exponential``: uniform in log sigma (k-diffusion's ``get_sigmas_exponential``, diffusers'
   ``use_exponential_sigmas``). In the VE frame this is the same grid as ``log_snr``; both names
   are kept because users know both;
+- ``flow``: rectified flow's grid (diffusers' FlowMatchEulerDiscreteScheduler): t uniform
+  between t(sigma_max) and t(sigma_min) before SD3's shift (Esser et al. 2024, sec. 5.3.2),
+  sigma_i = shift t_i / (1 - t_i), with the schedule's ``shift`` (1 for other schedules);
 - ``polynomial``: sigma_i = (1 - i/(N-1))^rho (sigma_max - sigma_min) + sigma_min
   (k-diffusion's ``get_sigmas_polynomial``), rho = 7 by default (rho = 1 is uniform in sigma).
 
@@ -86,18 +89,27 @@ def polynomial_levels(steps: int, sigma_min: float, sigma_max: float, rho: float
     return ramp * (sigma_max - sigma_min) + sigma_min
 
 
+def flow_levels(steps: int, sigma_min: float, sigma_max: float, shift: float) -> Tensor:
+    """t uniform between the unshifted times of sigma_max and sigma_min, mapped back and shifted."""
+    t_max, t_min = (s / shift / (1 + s / shift) for s in (sigma_max, sigma_min))
+    t = torch.linspace(t_max, t_min, steps, dtype=torch.float64)
+    return shift * t / (1 - t)
+
+
 CONTINUOUS_GRIDS: dict[str, Callable[[int, float, float, float], Tensor]] = {
     "karras": karras_levels,
     "log_snr": log_uniform_levels,
     "exponential": log_uniform_levels,
     "polynomial": polynomial_levels,
+    "flow": flow_levels,
 }
 GRIDS = (*TIMESTEP_SPACINGS, *CONTINUOUS_GRIDS)
 
 
-def check_grid(grid: str, final_sigma: str = "zero", rho: float | None = None) -> None:
-    """Raises ValueError for an unknown grid or final_sigma, or rho <= 0."""
-    if grid not in GRIDS:
+def check_grid(grid: str | None, final_sigma: str = "zero", rho: float | None = None) -> None:
+    """Raises ValueError for an unknown grid or final_sigma, rho <= 0, or a rho the grid does
+    not use (``grid=None``: the grid is chosen later, and checked then)."""
+    if grid is not None and grid not in GRIDS:
         raise ValueError(f"unknown sampler.grid {grid!r}; allowed: {', '.join(GRIDS)}")
     if final_sigma not in FINAL_SIGMAS:
         raise ValueError(
@@ -105,6 +117,10 @@ def check_grid(grid: str, final_sigma: str = "zero", rho: float | None = None) -
         )
     if rho is not None and not rho > 0:
         raise ValueError(f"sampler.rho must be > 0, got {rho}")
+    if rho is not None and grid is not None and grid not in DEFAULT_RHO:
+        raise ValueError(
+            f"sampler.rho applies to the grids {', '.join(DEFAULT_RHO)}, not to {grid!r}"
+        )
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
@@ -176,7 +192,7 @@ def sigma_grid(
     Args:
         sigma_min, sigma_max: range of the continuous grids; None: the schedule's (its top is
             never the sigma of a clipped last beta). Not accepted by the timestep spacings.
-        rho: exponent of ``karras`` and ``polynomial`` (default 7).
+        rho: exponent of ``karras`` and ``polynomial`` (default 7); not used by ``flow``.
         final_sigma: ``zero`` ends at sigma = 0 (the last step returns the denoised estimate);
             ``min`` ends at the schedule's smallest sigma (diffusers' ``final_sigmas_type``).
 
@@ -203,6 +219,8 @@ def sigma_grid(
     lo = schedule.sigma_min if sigma_min is None else float(sigma_min)
     hi = schedule.sigma_max if sigma_max is None else float(sigma_max)
     rho = DEFAULT_RHO.get(grid, 1.0) if rho is None else float(rho)
+    if grid == "flow":  # the levels' fourth argument is the schedule's shift, not rho
+        rho = float(getattr(schedule, "shift", 1.0))
     if not math.isinf(hi):
         return _continuous(CONTINUOUS_GRIDS[grid], steps, lo, hi, rho, final)
     # Zero terminal SNR: the first level is pure noise, the rest span the finite table.

@@ -1,5 +1,7 @@
 """Metrics: FID/KID and class coverage for images (``images``), their feature networks
-(``features``), exact distances for Gaussian mixtures (``mixture``).
+(``features``, ``dinov2``), exact distances for Gaussian mixtures (``mixture``), published
+reference files and the Frechet distance (``reference_files``), and the paper protocol with the
+Inception Score and precision/recall (``protocol``).
 
 Submodules are imported on first use (``from difforge.metrics import image_metrics`` works), so
 importing ``difforge.metrics.mixture`` does not pull in torchmetrics.
@@ -24,6 +26,14 @@ _EXPORTS = {
     "load_classifier": "features",
     "SmallClassifier": "features",
     "mixture_metrics": "mixture",
+    "frechet_distance": "reference_files",
+    "feature_statistics": "reference_files",
+    "load_reference_file": "reference_files",
+    "ReferenceFile": "reference_files",
+    "inception_score": "protocol",
+    "precision_recall": "protocol",
+    "evaluate_protocol": "protocol",
+    "load_dinov2": "dinov2",
 }
 
 __all__ = sorted(_EXPORTS)

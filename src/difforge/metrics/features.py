@@ -279,7 +279,9 @@ class InceptionFeatures(nn.Module):
                 )
         try:
             self.net = FeatureExtractorInceptionV3(
-                "inception-v3-compat", ["2048"], feature_extractor_weights_path=path
+                "inception-v3-compat",
+                ["2048", "logits_unbiased"],
+                feature_extractor_weights_path=path,
             )
         except DifforgeError:
             raise
@@ -301,13 +303,19 @@ class InceptionFeatures(nn.Module):
     def train(self, mode: bool = True) -> InceptionFeatures:
         return super().train(False)  # always eval (batch norm statistics are fixed)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def pool_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The 2048-d pool features ``(N, 2048)`` and the 1008-way logits without bias
+        ``(N, 1008)`` (the Inception Score's, as in Salimans et al. 2016's code)."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"inception expects images (N, 1 or 3, H, W), got {tuple(x.shape)}")
         x = ((_to_unit_range(x) + 1.0) * 127.5).round().to(torch.uint8)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return self.net(x)[0].reshape(x.shape[0], -1)
+        pool, logits = self.net(x)
+        return pool.reshape(x.shape[0], -1), logits
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool_and_logits(x)[0]
 
 
 def _first_line(error: BaseException) -> str:

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from difforge.nets.embeddings import (
@@ -47,6 +48,10 @@ from difforge.nets.embeddings import (
 )
 
 __all__ = ["AttentionBlock", "Downsample", "ResBlock", "UNet", "Upsample"]
+
+
+def _call(layer, h: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
+    return layer(h, emb_act)
 
 
 def _zero_(module: nn.Module) -> nn.Module:
@@ -194,11 +199,20 @@ class UNet(nn.Module):
         scale_shift_norm: ADM's adaptive group norm, ``GN(h) * (1 + scale) + shift``.
         resample_with_conv: stride-2 conv / conv after nearest upsampling (else pooling / plain
             nearest upsampling).
+        checkpointing: activation checkpointing per block (each ResBlock with its attention,
+            and the middle blocks) while training: their activations are recomputed in the
+            backward pass instead of stored, trading about one more forward pass of compute
+            for memory (Chen et al. 2016, "Training deep nets with sublinear memory cost").
+            Outputs and gradients are unchanged (dropout masks are replayed).
+
+    ``prefers_channels_last``: training modules default to channels_last on CUDA for this net.
 
     The attribute ``check_inputs`` (default True) enables the eager-mode class-label range
     check, which synchronises with the device; set it to False for benchmarks. Shape checks are
     always on (they cost nothing).
     """
+
+    prefers_channels_last = True
 
     def __init__(
         self,
@@ -215,6 +229,7 @@ class UNet(nn.Module):
         learned_variance: bool = False,
         scale_shift_norm: bool = False,
         resample_with_conv: bool = True,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         channel_mult = _as_int_tuple("channel_mult", channel_mult)
@@ -281,6 +296,7 @@ class UNet(nn.Module):
         self.num_res_blocks = int(num_res_blocks)
         self.attn_resolutions = attn_resolutions
         self.check_inputs = True
+        self.checkpointing = bool(checkpointing)
 
         emb_ch = 4 * base_channels
         self.noise_embed = SinusoidalEmbedding(base_channels)
@@ -326,6 +342,14 @@ class UNet(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
 
+    def _mid_attention(self, h: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
+        return self.mid_attn(h)
+
+    @staticmethod
+    def _checkpointed(layer, h: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
+        # Non-reentrant: works under torch.compile and with inputs that need no gradient.
+        return torch.utils.checkpoint.checkpoint(layer, h, emb_act, use_reentrant=False)
+
     def _embed(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None, batch: int):
         if noise_labels.ndim == 0:
             noise_labels = noise_labels.expand(batch)
@@ -357,15 +381,18 @@ class UNet(nn.Module):
             )
         emb_act = self._embed(noise_labels, class_labels, x.shape[0])
 
+        block = self._checkpointed if self.checkpointing and self.training else _call
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:
-            h = layer(h, emb_act)
+            h = block(layer, h, emb_act) if isinstance(layer, _Level) else layer(h)
             hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb_act)), emb_act)
+        h = block(self.mid1, h, emb_act)
+        h = block(self._mid_attention, h, emb_act)
+        h = block(self.mid2, h, emb_act)
         for layer in self.up:
             if isinstance(layer, _Level):
-                h = layer(torch.cat([h, hs.pop()], dim=1), emb_act)
+                h = block(layer, torch.cat([h, hs.pop()], dim=1), emb_act)
             else:
                 h = layer(h)
         out = self.conv_out(F.silu(self.norm_out(h)))

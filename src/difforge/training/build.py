@@ -13,7 +13,27 @@ from difforge.training.checkpoint import load_checkpoint
 from difforge.training.module import DiffusionModule
 
 # The parts of a run's config that define its model; saved in every checkpoint.
-MODEL_CONFIG_KEYS = ("data", "model", "schedule", "parameterization", "loss", "sampler", "module")
+MODEL_CONFIG_KEYS = (
+    "data",
+    "model",
+    "schedule",
+    "parameterization",
+    "loss",
+    "noise_law",
+    "sampler",
+    "module",
+)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``trainer.precision``; ``auto``: bf16 autocast ("bf16-mixed") when training runs on a CUDA
+    GPU that supports bf16 (Ampere and later), else full fp32 ("32-true")."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def check_network_fits_data(net: Any, data_shape: tuple[int, ...]) -> None:
@@ -55,17 +75,53 @@ def check_model_config_fits_data(model_cfg: DictConfig, data_shape: tuple[int, .
         )
 
 
+DEFAULT_CLASS_DROPOUT = 0.1  # Ho & Salimans 2022 train with p_uncond in {0.1, 0.2}
+
+
+def class_dropout_for(module_cfg: DictConfig, num_classes: int) -> float:
+    """``module.class_dropout``: null -> 0.1 for a class-conditional network; a value for an
+    unconditional one cannot apply and is refused."""
+    value = module_cfg.get("class_dropout")
+    if value is None:
+        return DEFAULT_CLASS_DROPOUT if num_classes else 0.0
+    if num_classes == 0:
+        raise ValueError(
+            f"module.class_dropout={value} needs a class-conditional model (model.num_classes > 0); "
+            "leave it null for an unconditional one"
+        )
+    return float(value)
+
+
+def check_one_sigma_data(cfg: DictConfig) -> None:
+    """EDM's sigma_data is one number: the schedule, parameterization and loss must agree."""
+    values = {
+        f"{group}.sigma_data": cfg[group].sigma_data
+        for group in ("schedule", "parameterization", "loss")
+        if cfg.get(group) is not None and "sigma_data" in cfg[group]
+    }
+    if len(set(values.values())) > 1:
+        given = ", ".join(f"{key}={value}" for key, value in values.items())
+        raise ValueError(f"sigma_data must be one value, set once with sigma_data=...; got {given}")
+
+
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
     check_model_config_fits_data(cfg.model, data_shape)
+    check_one_sigma_data(cfg)
     net = instantiate(cfg.model)
     check_network_fits_data(net, data_shape)
+    if cfg.module.get("channels_last") and len(data_shape) != 3:
+        raise ValueError(
+            f"module.channels_last=true is a memory layout for images; the data are vectors of shape {data_shape}"
+        )
     module_factory = instantiate(cfg.module)
     module = module_factory(
+        class_dropout=class_dropout_for(cfg.module, int(getattr(net, "num_classes", 0))),
         net=net,
         schedule=instantiate(cfg.schedule),
         parameterization=instantiate(cfg.parameterization),
         loss=instantiate(cfg.loss),
         sampler=instantiate(cfg.sampler),
+        noise_law=instantiate(cfg.noise_law) if cfg.get("noise_law") is not None else None,
         data_shape=data_shape,
     )
     module.run_config = {

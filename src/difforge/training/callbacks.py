@@ -1,4 +1,4 @@
-"""Lightning callbacks: periodic sample grids."""
+"""Lightning callbacks: periodic sample grids, periodic and final checkpoints."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from difforge.diffusion.samplers import Sampler
@@ -94,6 +94,11 @@ class FinalCheckpoint(Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
+        self._saved_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.dirpath / "last.ckpt")
+        self._saved_step = trainer.global_step
 
     def on_train_batch_end(
         self,
@@ -106,7 +111,12 @@ class FinalCheckpoint(Callback):
         # At the batch end, like the periodic checkpoints: there the saved data-loader position
         # and RNG state are exactly those of the next step.
         if 0 < trainer.max_steps <= trainer.global_step:
-            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run stopped by max_epochs ends at an epoch boundary, where the epoch-end state is right.
+        if trainer.global_step != self._saved_step:
+            self._save(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -114,4 +124,17 @@ class FinalCheckpoint(Callback):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+            self._save(trainer)
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` without its end-of-training save of ``last.ckpt``.
+
+    That save runs after the fit loop has closed the epoch: a run that stopped mid-epoch before
+    its first periodic checkpoint would overwrite ``FinalCheckpoint``'s mid-epoch ``last.ckpt``
+    with an end-of-epoch state, and a resumed run would skip the rest of the epoch's batches.
+    ``FinalCheckpoint`` saves the end of every run.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass

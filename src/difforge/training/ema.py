@@ -9,13 +9,38 @@ weights follow the fast-moving network instead of staying near the random initia
 from __future__ import annotations
 
 import copy
+import weakref
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+# (owning module, attribute name) of each parameter or buffer: resolved with a dict lookup per
+# update, so a ``.to()`` that replaces tensors is followed without walking the module tree.
+_Slots = list[tuple[nn.Module, str]]
+
+
+def _slots(net: nn.Module, kind: str) -> _Slots:
+    return [
+        (module, name)
+        for module in net.modules()
+        for name, tensor in getattr(module, kind).items()
+        if tensor is not None
+    ]
+
+
+def _resolve(slots: _Slots, kind: str) -> list[Tensor]:
+    return [getattr(module, kind)[name] for module, name in slots]
+
 
 class EMA(nn.Module):
-    """Holds an averaged copy of ``net``; its state (weights and update count) is a plain state_dict."""
+    """Holds an averaged copy of ``net``; its state (weights and update count) is a plain state_dict.
+
+    ``update`` is one ``torch._foreach_lerp_`` and one ``torch._foreach_copy_``, with no
+    host-device synchronisation: where the parameters and buffers of both networks live is
+    gathered at the first update (again if ``update`` is given another network), and the update
+    count is mirrored as a Python int (read from the buffer once after loading a state).
+    """
 
     def __init__(self, net: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
         super().__init__()
@@ -26,22 +51,57 @@ class EMA(nn.Module):
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
         self.num_updates: Tensor
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._count: int | None = None
+        self._cache: tuple[Any, _Slots, _Slots, _Slots, _Slots] | None = None
+        self.register_load_state_dict_post_hook(EMA._forget_count)
+
+    @staticmethod
+    def _forget_count(module: nn.Module, incompatible_keys: Any) -> None:
+        module._count = None  # type: ignore[assignment]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles re-gather the slots (they point into the original networks).
+        return {**self.__dict__, "_cache": None}
+
+    def updates(self) -> int:
+        """The number of updates so far (``num_updates``), without a device read after the first."""
+        if self._count is None:
+            self._count = int(self.num_updates)
+        return self._count
 
     def current_decay(self) -> float:
         if not self.warmup:
             return self.decay
-        n = int(self.num_updates)
+        n = self.updates()
         return min(self.decay, (1 + n) / (10 + n))
+
+    def _slots_for(self, net: nn.Module) -> tuple[_Slots, _Slots, _Slots, _Slots]:
+        if self._cache is None or self._cache[0]() is not net:
+            ema_params, params = _slots(self.net, "_parameters"), _slots(net, "_parameters")
+            shapes = [t.shape for t in _resolve(params, "_parameters")]
+            if shapes != [t.shape for t in _resolve(ema_params, "_parameters")]:
+                raise ValueError("EMA.update got a network with other parameters than its copy")
+            buffers = (_slots(self.net, "_buffers"), _slots(net, "_buffers"))
+            self._cache = (weakref.ref(net), ema_params, params, *buffers)
+        return self._cache[1:]
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
+        count = self.updates()
         weight = 1 - self.current_decay()
-        ema_params: list[Tensor] = list(self.net.parameters())
-        params = [p.detach().to(e.dtype) for p, e in zip(net.parameters(), ema_params, strict=True)]
-        torch._foreach_lerp_(ema_params, params, weight)
-        for ema_buffer, buffer in zip(self.net.buffers(), net.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        ema_slots, slots, ema_buffer_slots, buffer_slots = self._slots_for(net)
+        ema_params = _resolve(ema_slots, "_parameters")
+        sources = [
+            p.detach() if p.dtype == e.dtype else p.detach().to(e.dtype)
+            for p, e in zip(_resolve(slots, "_parameters"), ema_params, strict=True)
+        ]
+        torch._foreach_lerp_(ema_params, sources, weight)
+        if buffer_slots:
+            torch._foreach_copy_(
+                _resolve(ema_buffer_slots, "_buffers"), _resolve(buffer_slots, "_buffers")
+            )
         self.num_updates += 1
+        self._count = count + 1
 
     def train(self, mode: bool = True) -> EMA:
         # The averaged network always evaluates in eval mode (no dropout).

@@ -58,15 +58,15 @@ def gather_rows(
 ) -> Tensor:
     """All ranks' ``local`` rows ``(n_r, ...)`` in rank order, ``(total, ...)`` on every rank.
 
-    Every rank pads its rows to ``ceil(total / world_size)`` (all_gather needs equal shapes) and
-    sends its true count; the padding is dropped after the gather.
+    The ranks first share their counts; every rank pads its rows to the largest (all_gather needs
+    equal shapes), and the padding is dropped after the gather.
     """
     if world_size == 1:
         return local
-    width = -(-total // world_size)
+    counts = all_gather(torch.tensor([len(local)], device=local.device)).reshape(world_size)
+    width = int(counts.max())
     padded = local.new_zeros((width, *local.shape[1:]))
     padded[: len(local)] = local
-    counts = all_gather(torch.tensor([len(local)], device=local.device)).reshape(world_size)
     rows = all_gather(padded).reshape(world_size, width, *local.shape[1:])
     gathered = torch.cat([rows[r, : int(counts[r])] for r in range(world_size)])
     if len(gathered) != total:
@@ -328,15 +328,22 @@ class FIDCallback(Callback):
 
 class BestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` for a metric that only some runs log (``val/fid``): until the metric
-    exists it skips top-k saving with one warning instead of failing (vector data, where the FID
-    callback is off, or a run without the FID callback)."""
+    exists it skips top-k saving silently (a run shorter than its first validation). When no
+    enabled ``FIDCallback`` can ever log it (vector data, or no FID callback), it says so once at
+    the start."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.monitor == "val/fid":
+            fid = [c for c in trainer.callbacks if isinstance(c, FIDCallback) and c.enabled]  # type: ignore[attr-defined]
+            if not fid:
+                rank_zero_warn(
+                    "callbacks.best_checkpoint: no FID callback is on for this run, so val/fid is "
+                    "never logged and no best.ckpt is kept",
+                    category=UserWarning,
+                )
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
-            rank_zero_warn(
-                f"{self.monitor} was not logged (is callbacks.fid on, with image data?): "
-                f"no best checkpoint saved yet",
-                category=UserWarning,
-            )
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)

@@ -16,10 +16,12 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from difforge.diffusion.guidance import ClassifierFreeGuidance
+from difforge.diffusion.noise_laws import NoiseLaw, ScheduleLaw
 from difforge.diffusion.parameterization import ClippedDenoiser, Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
 from difforge.training.ema import EMA
+from difforge.training.nonfinite import NonfiniteRecorder, NonfiniteStep, gradients_nonfinite
 
 NUM_NOISE_QUARTILES = 4
 log = logging.getLogger("difforge")
@@ -49,12 +51,20 @@ class DiffusionModule(L.LightningModule):
         class_dropout: probability of replacing a label by the null label while training a
             conditional network, for classifier-free guidance (Ho & Salimans 2022, sec. 3.2).
         guidance_scale: classifier-free guidance weight used when sampling with labels.
-        compile: ``torch.compile`` the training forward pass.
-        channels_last: keep image tensors in channels-last memory format.
+        compile: ``torch.compile`` the training forward pass (loss and network) and the EMA
+            denoiser that sampling and validation call (in place: state-dict keys unchanged).
+        channels_last: keep image tensors in channels-last memory format; None: on when
+            training on a CUDA device with a network that prefers it (``net.prefers_channels_last``,
+            the U-Net: cuDNN's convolutions and GroupNorm run faster in NHWC under bf16).
         max_nonfinite_skips: steps with a non-finite loss or gradient to skip (with a warning)
-            before stopping; 0 stops at the first.
+            before stopping; 0 stops at the first. Such a step never reaches the weights: it is
+            flagged on the device and the optimizer skips it there; the run reports it (naming
+            the step) at the next logging step, checkpoint or epoch end, without a per-step
+            host-device synchronisation.
         clip_denoised: clamp denoised estimates to [-1, 1] while sampling (static thresholding);
             None: on for images, off for vector data.
+        noise_law: the law of training noise levels (``difforge.diffusion.noise_laws``);
+            None: the schedule's own.
     """
 
     def __init__(
@@ -74,9 +84,10 @@ class DiffusionModule(L.LightningModule):
         class_dropout: float = 0.1,
         guidance_scale: float = 1.0,
         compile: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         max_nonfinite_skips: int = 0,
         clip_denoised: bool | None = None,
+        noise_law: NoiseLaw | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -96,6 +107,7 @@ class DiffusionModule(L.LightningModule):
         self.clip_denoised = (
             len(self.data_shape) == 3 if clip_denoised is None else bool(clip_denoised)
         )
+        self._channels_last_option = channels_last
         self.channels_last = bool(channels_last) and len(self.data_shape) == 3
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -103,6 +115,8 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(net, ema_decay, ema_warmup)
         self.ema_denoiser = Denoiser(self.ema.net, schedule, parameterization)
         self.schedule = schedule
+        self.noise_law = noise_law or ScheduleLaw()
+        self.noise_law.check(schedule)
         self.loss_fn = loss
         self.sampler = sampler
         self.lr = lr
@@ -115,20 +129,42 @@ class DiffusionModule(L.LightningModule):
         ClassifierFreeGuidance(
             self.ema_denoiser, guidance_scale
         )  # validates guidance on this model
-        self.train_loss = MeanMetric()
+        # Non-finite samples are masked out (weight 0) before the update, so the metrics need
+        # no NaN check of their own (which reads a flag back from the device at every update).
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss = MeanMetric()
-        self.quartile_losses = nn.ModuleList(MeanMetric() for _ in range(NUM_NOISE_QUARTILES))
+        self.quartile_losses = nn.ModuleList(
+            MeanMetric(nan_strategy="disable") for _ in range(NUM_NOISE_QUARTILES)
+        )
         self._quartile_metrics: list[MeanMetric] = list(self.quartile_losses)  # type: ignore[arg-type]
         self._train_forward = (
             torch.compile(self._loss_per_sample) if compile else self._loss_per_sample
         )
+        if compile:
+            self.ema_denoiser.compile()
         if max_nonfinite_skips < 0:
             raise ValueError(f"max_nonfinite_skips must be >= 0, got {max_nonfinite_skips}")
         self.max_nonfinite_skips = max_nonfinite_skips
         self.nonfinite_skips = 0
+        self._nonfinite = NonfiniteRecorder(max_nonfinite_skips + 1)
+        self._flagged_optimizer: torch.optim.Optimizer | None = None
         self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
 
     # --- training -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Before the optimizer is built: its state takes the parameters' memory format.
+        if self._channels_last_option is not None or self.channels_last:
+            return
+        net = self.denoiser.net
+        if (
+            len(self.data_shape) == 3
+            and getattr(net, "prefers_channels_last", False)
+            and self.trainer.strategy.root_device.type == "cuda"
+        ):
+            self.channels_last = True
+            net.to(memory_format=torch.channels_last)
+            self.ema.net.to(memory_format=torch.channels_last)
+
     def _prepare(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -143,56 +179,61 @@ class DiffusionModule(L.LightningModule):
     ) -> Tensor:
         return self.loss_fn(denoiser, x0, sigma, noise, labels)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, y = batch
         x0 = self._prepare(x0)
-        sigma = self.schedule.sample_training_sigmas(x0.shape[0], device=x0.device)
+        sigma = self.noise_law.sample(self.schedule, x0.shape[0], device=x0.device)
         noise = torch.randn_like(x0)
         per_sample = self._train_forward(self.denoiser, x0, sigma, noise, self._training_labels(y))
-        loss = per_sample.mean()
-        if not torch.isfinite(loss):
-            self._skip_or_stop(
-                f"non-finite training loss {loss.item()}", per_sample.detach(), sigma
-            )
-            return None
-        self.train_loss(per_sample.detach())
+        # A non-finite loss is flagged on the device; the optimizer skips the step there.
+        finite = self._nonfinite.note_loss(per_sample, sigma).to(per_sample.dtype)
+        values = torch.where(finite > 0, per_sample.detach(), 0.0)
+        self.train_loss(values, finite)
         quartile = (
-            (self.schedule.training_quantile(sigma) * NUM_NOISE_QUARTILES)
+            (self.noise_law.quantile(self.schedule, sigma) * NUM_NOISE_QUARTILES)
             .long()
             .clamp(0, NUM_NOISE_QUARTILES - 1)
         )
         for k, metric in enumerate(self._quartile_metrics):
-            mask = (quartile == k).to(per_sample.dtype)
+            mask = (quartile == k).to(per_sample.dtype) * finite
             # Weight 0 where the sample is in another quartile.
-            metric.update(per_sample.detach() * mask, mask)
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=False, prog_bar=True)
-        for k, metric in enumerate(self._quartile_metrics):
-            self.log(f"train/loss_q{k + 1}", metric, on_step=False, on_epoch=True)
+            metric.update(values * mask, mask)
+        batch_size = x0.shape[0]
         self.log(
-            "train/lr",
-            self.trainer.optimizers[0].param_groups[0]["lr"],
+            "train/loss",
+            self.train_loss,
             on_step=True,
             on_epoch=False,
+            prog_bar=True,
+            batch_size=batch_size,
         )
-        return loss
+        if (self.global_step + 1) % self._log_every_n_steps() == 0:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=batch_size)
+        return per_sample.mean()
 
-    def _nonfinite_message(self, what: str, per_sample: Tensor | None, sigma: Tensor | None) -> str:
-        parts = [f"{what} at global step {self.global_step}"]
-        if per_sample is not None and sigma is not None:
-            bad = ~torch.isfinite(per_sample)
-            levels = sigma[bad] if bad.any() else sigma
+    def _log_every_n_steps(self) -> int:
+        return int(getattr(self.trainer, "log_every_n_steps", 50))
+
+    def on_train_epoch_end(self) -> None:
+        # Epoch-level quartile losses: updated every step, logged once here.
+        for k, metric in enumerate(self._quartile_metrics):
+            self.log(f"train/loss_q{k + 1}", metric.compute(), on_step=False, on_epoch=True)
+            metric.reset()
+        self._report_nonfinite()
+
+    def _nonfinite_message(self, bad: NonfiniteStep) -> str:
+        parts = [f"non-finite {bad.kind} at global step {bad.step}"]
+        if bad.sigmas:
+            levels = torch.tensor(bad.sigmas, dtype=torch.float64)
             if isinstance(self.schedule, DiscreteSchedule):
                 steps = (self.schedule.sigma_to_timestep(levels) + 1).round().long().tolist()
-                parts.append(
-                    f"timesteps t = {sorted(steps)[:16]} of T = {self.schedule.num_timesteps}"
-                )
+                parts.append(f"timesteps t = {steps} of T = {self.schedule.num_timesteps}")
             else:
-                parts.append(
-                    f"noise levels sigma = {[round(v, 4) for v in sorted(levels.tolist())[:16]]}"
-                )
+                parts.append(f"noise levels sigma = {[round(v, 4) for v in bad.sigmas]}")
         groups = nonfinite_parameter_groups(self.denoiser.net)
         parts.append(
-            f"non-finite weights or gradients in: {', '.join(groups) if groups else 'none'}"
+            f"non-finite weights or gradients now in: {', '.join(groups) if groups else 'none'}"
         )
         if self.max_nonfinite_skips:
             parts.append(
@@ -203,31 +244,77 @@ class DiffusionModule(L.LightningModule):
         )
         return "; ".join(parts)
 
-    def _skip_or_stop(
-        self, what: str, per_sample: Tensor | None = None, sigma: Tensor | None = None
-    ) -> None:
-        """Skip a step with non-finite numbers while the budget lasts, else stop with the details."""
-        if self.nonfinite_skips < self.max_nonfinite_skips:
+    def _report_nonfinite(self) -> None:
+        """Warn about the skipped non-finite steps recorded since the last report; stop with
+        the details at the first one over ``max_nonfinite_skips`` (one host-device sync)."""
+        for bad in self._nonfinite.read():
+            if self.nonfinite_skips >= self.max_nonfinite_skips:
+                raise FloatingPointError(self._nonfinite_message(bad))
             self.nonfinite_skips += 1
-            log.warning("skipping a step: %s", self._nonfinite_message(what, per_sample, sigma))
-            return
-        raise FloatingPointError(self._nonfinite_message(what, per_sample, sigma))
+            log.warning("skipping a step: %s", self._nonfinite_message(bad))
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # fp16 mixed precision: the gradient scaler skips overflowing steps itself.
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Called after backward (and after unscaling under fp16) on every optimizer step.
         if "16-mixed" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision):
+            # fp16 mixed precision: the gradient scaler skips overflowing steps itself.
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
             return
-        grads = [p.grad.detach() for p in self.denoiser.parameters() if p.grad is not None]
-        # One fused call: a NaN/Inf anywhere makes its tensor's norm non-finite.
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
-            self._skip_or_stop("non-finite gradients")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            # One pass gives both: the total norm is non-finite iff some gradient is.
+            total = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+            grads_bad = ~torch.isfinite(total)
+        else:
+            grads_bad = gradients_nonfinite(grads)
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+        found_inf = self._nonfinite.found_inf(grads_bad)
+        if self.trainer.world_size > 1:
+            # Every rank must skip the same steps (a rank's own loss can be the only bad one).
+            found_inf = cast(Tensor, self.trainer.strategy.reduce(found_inf, reduce_op="max"))
+        self._nonfinite.record(self.global_step, found_inf)
+        if optimizer.defaults.get("fused"):
+            # Read by fused Adam/AdamW in step(): the update is skipped on the device.
+            optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+            self._flagged_optimizer = optimizer
+            return
+        # Other optimizers cannot skip on the device: read the flag now (a sync).
+        skipped_before = self.nonfinite_skips
+        self._report_nonfinite()
+        if self.nonfinite_skips > skipped_before:
             # A skipped step: AdamW leaves parameters without gradients untouched.
             optimizer.zero_grad(set_to_none=True)
 
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        # The (x0, y) pairs of difforge's data modules, moved without Lightning's generic walk.
+        if isinstance(batch, (tuple, list)) and all(isinstance(t, Tensor) for t in batch):
+            return type(batch)(t.to(device, non_blocking=True) for t in batch)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
+        if self._flagged_optimizer is not None:
+            del self._flagged_optimizer.found_inf  # type: ignore[attr-defined]
+            self._flagged_optimizer = None
         # Right after the weights change, so checkpoints saved in on_train_batch_end include it.
         self.ema.update(self.denoiser.net)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step % self._log_every_n_steps() == 0:
+            self._report_nonfinite()
 
     def on_train_start(self) -> None:
         if self.trainer.world_size > 1:
@@ -237,6 +324,7 @@ class DiffusionModule(L.LightningModule):
             torch.manual_seed(base + self.global_rank)
 
     def on_train_end(self) -> None:
+        self._report_nonfinite()
         if self.trainer.world_size > 1:
             # Every rank updates its EMA from the same synchronised weights; check they agree.
             checksum = (
@@ -253,13 +341,28 @@ class DiffusionModule(L.LightningModule):
         for metric in self._quartile_metrics:
             metric.reset()
 
+    def on_validation_start(self) -> None:
+        # Validation and the callbacks that sample at its end (FID, grids) must not move the RNG
+        # the training noise comes from: a resumed run does not repeat the validation that
+        # followed its last step, and must still draw the noise an uninterrupted run draws.
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self._training_rng = (torch.get_rng_state(), cuda)
+
+    def on_validation_end(self) -> None:
+        # Module hooks run after the callbacks' (FID draws its samples in on_validation_end).
+        state = getattr(self, "_training_rng", None)
+        if state is not None:
+            torch.set_rng_state(state[0])
+            if state[1] is not None:
+                torch.cuda.set_rng_state_all(state[1])
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x0, y = batch
         x0 = self._prepare(x0)
         # Fixed noise per batch so validation losses are comparable across epochs.
         generator = torch.Generator().manual_seed(batch_idx)
-        sigma = self.schedule.sample_training_sigmas(
-            x0.shape[0], device=x0.device, generator=generator
+        sigma = self.noise_law.sample(
+            self.schedule, x0.shape[0], device=x0.device, generator=generator
         )
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         labels = y if self.num_classes > 0 else None
@@ -270,11 +373,16 @@ class DiffusionModule(L.LightningModule):
         self.validation_step(batch, batch_idx)
 
     def configure_optimizers(self) -> Any:
+        # Fused AdamW (one kernel per parameter group; CPU, CUDA and MPS) skips a step flagged
+        # non-finite on the device; elsewhere the multi-tensor (foreach) implementation.
+        fused = self.device.type in ("cpu", "cuda", "mps")
         optimizer = torch.optim.AdamW(
             self.denoiser.parameters(),
             lr=self.lr,
             betas=(self.betas[0], self.betas[1]),
             weight_decay=self.weight_decay,
+            fused=fused or None,
+            foreach=None if fused else True,
         )
         warmup = self.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -305,10 +413,12 @@ class DiffusionModule(L.LightningModule):
         batch_size: int = 256,
         use_ema: bool = True,
         progress: bool = False,
+        noise: Tensor | None = None,
     ) -> SampleResult:
         """Draw ``num_samples`` samples ``(N, *data_shape)`` in data space, in batches.
 
         ``class_labels: (N,)`` for a conditional model (None: cycle through the classes).
+        ``noise: (N, *data_shape)`` standard-normal starting draws (None: drawn with ``generator``).
         ``nfe`` of the result is per sample (network evaluations per batch).
         """
         if num_samples < 1 or batch_size < 1:
@@ -347,6 +457,7 @@ class DiffusionModule(L.LightningModule):
                 device=self.device,
                 generator=generator,
                 class_labels=labels,
+                noise=None if noise is None else noise[start : start + n],
             )
             chunks.append(result.samples.float().cpu())
             nfe, sigmas = result.nfe, result.sigmas
@@ -355,6 +466,8 @@ class DiffusionModule(L.LightningModule):
 
     # --- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # No checkpoint is written past an unreported non-finite step.
+        self._report_nonfinite()
         checkpoint["difforge"] = {
             "config": self.run_config,
             "data_shape": list(self.data_shape),

@@ -88,7 +88,7 @@ class Sampler:
     ) -> None:
         self.spec = get_sampler_spec(algorithm)
         check_steps(steps)
-        check_grid(grid or "karras", final_sigma, rho)
+        check_grid(grid, final_sigma, rho)
         unknown = sorted(set(options) - set(self.spec.options))
         if unknown:
             allowed = ", ".join(self.spec.options) or "none"

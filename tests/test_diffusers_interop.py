@@ -1,0 +1,388 @@
+"""diffusers pipeline folders as difforge models: the same images as diffusers from the same draws,
+every sampler on them, the command lines, and one-line errors for folders difforge cannot use."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difforge.errors import DifforgeError
+from difforge.interop.diffusers_pipeline import load_pipeline, read_pipeline
+from diffusers_fixtures import train_pipeline
+from helpers import assert_clean_error, assert_ok, run_cli
+
+NUM_IMAGES = 16
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> dict[tuple[str, bool], Path]:
+    """Trained pipelines per (prediction_type, clip_sample)."""
+    root = tmp_path_factory.mktemp("pipelines")
+    return {
+        (prediction, clip): train_pipeline(
+            root / f"{prediction}-{clip}", prediction, clip_sample=clip
+        )
+        for prediction in ("epsilon", "v_prediction")
+        for clip in (False, True)
+    }
+
+
+# ----------------------------------------------------------------------------- the mapping
+@pytest.mark.parametrize(
+    ("beta_schedule", "prediction", "parameterization"),
+    [
+        ("linear", "epsilon", "eps"),
+        ("scaled_linear", "v_prediction", "v"),
+        ("squaredcos_cap_v2", "sample", "x0"),
+    ],
+)
+def test_schedule_and_parameterization_match_the_scheduler(
+    tmp_path, beta_schedule, prediction, parameterization
+):
+    from diffusers import DDPMScheduler
+
+    path = train_pipeline(
+        tmp_path / "p", prediction, steps=1, beta_schedule=beta_schedule, num_train_timesteps=200
+    )
+    spec = read_pipeline(path)
+    scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"))
+    assert spec.parameterization == parameterization and spec.data_shape == (1, 8, 8)
+    assert spec.schedule.num_timesteps == 200
+    # diffusers computes in float32: its betas agree to a few float32 ulps; alphas_cumprod to the
+    # float32 rounding of 1 - beta, amplified up to 1/(1 - 0.999) where the cosine caps beta.
+    assert torch.allclose(spec.schedule.betas.float(), scheduler.betas, rtol=1e-6, atol=0)
+    theirs = scheduler.alphas_cumprod.double()
+    assert torch.allclose(spec.schedule.alphas_cumprod, theirs, rtol=1e-4, atol=0)
+    assert torch.allclose(spec.schedule.alphas_cumprod[:-20], theirs[:-20], rtol=2e-6, atol=0)
+
+
+def test_denoiser_gives_the_schedulers_x0_at_every_table_timestep(pipelines):
+    """difforge's D(x, sigma_t) is diffusers' pred_original_sample for the same latent z_t."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    for prediction in ("epsilon", "v_prediction"):
+        path = pipelines[(prediction, False)]
+        scheduler = DDIMScheduler.from_pretrained(str(path / "scheduler"))
+        scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+        unet = UNet2DModel.from_pretrained(str(path / "unet"), low_cpu_mem_usage=False)
+        module = load_pipeline(path, None)
+        z = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        for t in (0, 17, 500, 999):
+            theirs = scheduler.step(unet(z, t).sample, t, z).pred_original_sample
+            sigma = module.schedule.sigmas[t]
+            ours = module.denoiser(
+                z * (1 + sigma**2).sqrt().float(), torch.full((4,), float(sigma))
+            )
+            assert torch.allclose(ours, theirs, atol=2e-5 * max(1.0, float(sigma))), (prediction, t)
+
+
+# ------------------------------------------------------------- the same images as diffusers
+DDIM_STEPS = 10
+
+
+def diffusers_ddim(
+    path: Path, clip: bool, spacing: str = "trailing"
+) -> tuple[np.ndarray, torch.Tensor]:
+    """diffusers' DDIMPipeline with ``timestep_spacing=spacing``: uint8 images (N, H, W, C)
+    rounded as its ``numpy_to_pil`` does, and the draws it started from (its ``randn_tensor`` on
+    the CPU)."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    pipe = DDIMPipeline.from_pretrained(str(path))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=NUM_IMAGES,
+        generator=torch.Generator().manual_seed(0),
+        eta=0.0,
+        num_inference_steps=DDIM_STEPS,
+        output_type="np",
+        # difforge re-derives eps from the clipped x0 (see the loader's docstring).
+        use_clipped_model_output=clip,
+    ).images
+    draws = torch.randn((NUM_IMAGES, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    return (images * 255).round().astype(np.uint8), draws
+
+
+@pytest.mark.parametrize("grid", ["trailing", "leading"])
+@pytest.mark.parametrize("clip", [False, True], ids=["no-clip", "clip"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_ddim_gives_the_images_of_diffusers(pipelines, prediction, clip, grid):
+    """The same draws through diffusers' DDIM and difforge's on the same grid (``leading`` is
+    diffusers' default spacing). diffusers' DDIM steps from t to t - T // N, which is its next
+    timestep on these grids when N divides T (here T = 1000, N = 10)."""
+    from difforge.diffusion.samplers import Sampler
+    from difforge.plotting import to_uint8_images
+
+    path = pipelines[(prediction, clip)]
+    theirs, draws = diffusers_ddim(path, clip, grid)
+    model = load_pipeline(path, Sampler("ddim", DDIM_STEPS, grid=grid))
+    ours = to_uint8_images(model.generate(NUM_IMAGES, noise=draws, batch_size=NUM_IMAGES).samples)
+    difference = np.abs(ours.astype(int) - theirs.astype(int))
+    print(f"ddim {grid} {prediction} clip={clip}: max uint8 difference {difference.max()}")
+    assert difference.max() <= 1
+    assert theirs.std() > 10  # not a blank image: the comparison has content
+
+
+def test_zero_terminal_snr_pipeline_gives_the_images_of_diffusers(tmp_path):
+    """rescale_betas_zero_snr: the trailing grid starts at sigma = inf (abar_T = 0), where both
+    take x0 = -v from the pure noise."""
+    from difforge.diffusion.samplers import Sampler
+    from difforge.plotting import to_uint8_images
+
+    path = train_pipeline(tmp_path / "zsnr", "v_prediction", rescale_betas_zero_snr=True)
+    assert read_pipeline(path).schedule.sigma_max == float("inf")
+    theirs, draws = diffusers_ddim(path, True)
+    model = load_pipeline(path, Sampler("ddim", DDIM_STEPS, grid="trailing"))
+    ours = to_uint8_images(model.generate(NUM_IMAGES, noise=draws, batch_size=NUM_IMAGES).samples)
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["no-clip", "clip"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_ddpm_trailing_gives_the_images_of_diffusers_from_the_same_generator(
+    pipelines, prediction, clip
+):
+    """Ancestral sampling: diffusers' DDPMPipeline and difforge's ddpm draw the start and then one
+    normal per step from the generator in the same order, so one seed gives the same images;
+    diffusers' DDPM step puts the clipped x0 in the posterior mean, as difforge does."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from difforge.diffusion.samplers import Sampler
+    from difforge.plotting import to_uint8_images
+
+    path = pipelines[(prediction, clip)]
+    pipe = DDPMPipeline.from_pretrained(str(path))
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(
+        batch_size=NUM_IMAGES,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=DDIM_STEPS,
+        output_type="np",
+    ).images
+    model = load_pipeline(path, Sampler("ddpm", DDIM_STEPS, grid="trailing"))
+    ours = model.generate(
+        NUM_IMAGES, generator=torch.Generator().manual_seed(0), batch_size=NUM_IMAGES
+    ).samples
+    difference = np.abs(to_uint8_images(ours).astype(int) - (theirs * 255).round().astype(int))
+    print(f"ddpm {prediction} clip={clip}: max uint8 difference {difference.max()}")
+    assert difference.max() <= 1
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_every_sampler_gives_finite_samples(pipelines, prediction):
+    from difforge.diffusion.samplers import SAMPLERS, Sampler
+
+    model = load_pipeline(pipelines[(prediction, True)], None)
+    for name in SAMPLERS:
+        samples = model.generate(
+            4,
+            sampler=Sampler(name, 4),
+            generator=torch.Generator().manual_seed(0),
+            batch_size=4,
+        ).samples
+        assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all(), name
+
+
+@pytest.mark.slow
+def test_sample_command_with_pretrained_and_noise_gives_the_images_of_diffusers(
+    pipelines, tmp_path
+):
+    path = pipelines[("v_prediction", True)]
+    theirs, draws = diffusers_ddim(path, True)
+    np.save(tmp_path / "draws.npy", draws.numpy())
+    result = run_cli(
+        "sample",
+        f"pretrained={path}",
+        f"noise={tmp_path / 'draws.npy'}",
+        f"num_samples={NUM_IMAGES}",
+        "sampler=ddim",
+        f"sampler.steps={DDIM_STEPS}",
+        "sampler.grid=trailing",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    assert_ok(result)
+    ours = np.load(tmp_path / "out" / "samples.npz")["arr_0"]
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+    bad = run_cli(
+        "sample",
+        f"pretrained={path}",
+        f"noise={tmp_path / 'draws.npy'}",
+        "num_samples=3",
+        f"hydra.run.dir={tmp_path / 'bad'}",
+    )
+    assert_clean_error(bad, "has shape (16, 1, 8, 8), expected (3, 1, 8, 8)")
+
+
+@pytest.mark.slow
+def test_eval_command_runs_the_protocol_on_a_pretrained_folder(pipelines, tmp_path):
+    """eval.py pretrained=... metrics.fid_ref=... --seeds 2: FID, IS, precision/recall for each
+    seed, their min and mean, with the seeds, the count and the reference written down."""
+    from diffusers_fixtures import digits_images
+    from helpers import random_inception_file
+    from test_metrics_protocol import write_guided_diffusion_batch
+
+    images = ((digits_images(12) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    features = np.random.default_rng(0).normal(size=(12, 2048))  # statistics of another network
+    reference = write_guided_diffusion_batch(tmp_path / "ref.npz", images.numpy(), features)
+    weights = random_inception_file(tmp_path / "inception.pth")
+    result = run_cli(
+        "eval",
+        f"pretrained={pipelines[('epsilon', True)]}",
+        f"metrics.fid_ref={reference}",
+        f"metrics.inception_weights={weights}",
+        "num_samples=10",
+        "batch_size=5",
+        "sampler=ddim",
+        "sampler.steps=3",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        "--seeds",
+        "2",
+    )
+    assert_ok(result)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["seeds"] == [0, 1] and metrics["num_samples"] == 10
+    assert (
+        metrics["reference"] == str(reference) and metrics["reference_layout"] == "guided-diffusion"
+    )
+    assert [run["seed"] for run in metrics["per_seed"]] == [0, 1]
+    for name in ("fid", "inception_score", "precision", "recall"):
+        values = [run[name] for run in metrics["per_seed"]]
+        assert metrics[f"{name}_min"] == min(values)
+        assert metrics[f"{name}_mean"] == pytest.approx(sum(values) / 2)
+    assert metrics["sampler"] == "ddim" and metrics["nfe"] == 3
+
+
+# ------------------------------------------------------------------------------ bad folders
+def _edit_json(path: Path, **changes) -> None:
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.fixture()
+def folder(pipelines, tmp_path) -> Path:
+    copy = tmp_path / "pipe"
+    shutil.copytree(pipelines[("epsilon", True)], copy)
+    return copy
+
+
+def test_not_a_pipeline_folder(tmp_path):
+    with pytest.raises(DifforgeError, match="not a directory"):
+        read_pipeline(tmp_path / "none")
+    with pytest.raises(DifforgeError, match=r"model_index\.json is missing"):
+        read_pipeline(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("file", "changes", "fragment"),
+    [
+        (
+            "model_index.json",
+            {"unet": ["diffusers", "UNet2DConditionModel"]},
+            "unet is a UNet2DConditionModel",
+        ),
+        (
+            "model_index.json",
+            {"scheduler": ["diffusers", "EulerDiscreteScheduler"]},
+            "scheduler is a EulerDiscreteScheduler",
+        ),
+        ("unet/config.json", {"time_embedding_type": "fourier"}, "time_embedding_type='fourier'"),
+        ("unet/config.json", {"out_channels": 2}, "out_channels=2"),
+        (
+            "scheduler/scheduler_config.json",
+            {"prediction_type": "score"},
+            "prediction_type='score'",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"beta_schedule": "sigmoid"},
+            "beta_schedule='sigmoid'",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"variance_type": "learned_range"},
+            "variance_type='learned_range'",
+        ),
+        ("scheduler/scheduler_config.json", {"thresholding": True}, "thresholding=true"),
+        (
+            "scheduler/scheduler_config.json",
+            {"rescale_betas_zero_snr": True},
+            "rescale_betas_zero_snr=true with prediction_type='epsilon'",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"trained_betas": [0.5] * 1000},
+            "trained_betas gives another schedule than beta_schedule='linear'",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            {"trained_betas": [1e-4] * 10},
+            "trained_betas has 10 entries but num_train_timesteps=1000",
+        ),
+    ],
+)
+def test_folders_difforge_cannot_use_are_one_line_errors(folder, file, changes, fragment):
+    _edit_json(folder / file, **changes)
+    with pytest.raises(DifforgeError) as error:
+        read_pipeline(folder)
+    message = str(error.value)
+    assert fragment in message and str(folder / file) in message and "\n" not in message
+
+
+def test_a_scheduler_claiming_another_beta_schedule_is_refused(folder):
+    # trained_betas of the cosine schedule under a config that claims "linear".
+    from difforge.diffusion.schedules import CosineSchedule
+
+    _edit_json(
+        folder / "scheduler/scheduler_config.json",
+        trained_betas=CosineSchedule(1000).betas.tolist(),
+        beta_schedule="linear",
+    )
+    with pytest.raises(DifforgeError, match=r"alphas_cumprod\[\d+\] is"):
+        read_pipeline(folder)
+
+
+def test_pickled_weights_are_refused(folder):
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({}, folder / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(DifforgeError, match=r"no \.safetensors weights"):
+        load_pipeline(folder, None)
+
+
+def test_class_conditional_unet_takes_the_labels(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from difforge.diffusion.samplers import Sampler
+    from diffusers_fixtures import tiny_unet
+
+    DDPMPipeline(unet=tiny_unet(num_classes=3), scheduler=DDPMScheduler()).save_pretrained(
+        str(tmp_path)
+    )
+    model = load_pipeline(tmp_path, Sampler("ddim", 3))
+    assert model.num_classes == 3
+    draws = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    zero, two = (
+        model.generate(2, class_labels=torch.full((2,), k), noise=draws).samples for k in (0, 2)
+    )
+    assert torch.isfinite(zero).all() and not torch.equal(zero, two)
+
+
+@pytest.mark.slow
+def test_bad_pretrained_folder_on_the_command_line(tmp_path):
+    assert_clean_error(
+        run_cli("sample", f"pretrained={tmp_path}", f"hydra.run.dir={tmp_path}/out"),
+        "model_index.json is missing",
+    )
+    assert_clean_error(
+        run_cli("eval", f"pretrained={tmp_path}", f"hydra.run.dir={tmp_path}/out"),
+        "give metrics.fid_ref=",
+    )
