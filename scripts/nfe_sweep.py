@@ -43,13 +43,14 @@ def sweep(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
+    from difforge.diffusion.samplers import SAMPLERS
     from difforge.lessons import efficiency, plots
     from difforge.lessons.script import config_mixture
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     schedule = instantiate(cfg.schedule)
-    algorithms = list(cfg.algorithms)
+    algorithms = list(cfg.algorithms or SAMPLERS)  # null: every registered sampler
     options = cast(dict[str, dict[str, Any]], OmegaConf.to_container(cfg.options) or {})
     steps = [int(s) for s in cfg.steps]
     if getattr(schedule, "is_discrete", False):

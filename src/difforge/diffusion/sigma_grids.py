@@ -26,12 +26,6 @@ queried at fractional timesteps):
 - ``polynomial``: sigma_i = (1 - i/(N-1))^rho (sigma_max - sigma_min) + sigma_min
   (k-diffusion's ``get_sigmas_polynomial``), rho = 7 by default (rho = 1 is uniform in sigma).
 
-Rectified flow's grid (any schedule; the shift is a ``rectified_flow`` schedule's, else 1):
-
-- ``flow``: t uniform from ``t(sigma_max / shift)`` to 0 in ``steps`` intervals (SD3's Euler grid,
-  Esser et al. 2024, sec. 5.3.2), each level ``sigma_i = shift * t_i / (1 - t_i)``; the last is
-  the final sigma.
-
 A schedule with zero terminal SNR has ``sigma_max = inf``; the continuous grids then start at
 inf and spend their other N - 1 levels between sigma_min and the largest finite sigma.
 """
@@ -109,19 +103,7 @@ CONTINUOUS_GRIDS: dict[str, Callable[[int, float, float, float], Tensor]] = {
     "polynomial": polynomial_levels,
     "flow": flow_levels,
 }
-GRIDS = (*TIMESTEP_SPACINGS, *CONTINUOUS_GRIDS, "flow")
-
-
-def flow_sigmas(steps: int, sigma_max: float, shift: float = 1.0, final: float = 0.0) -> Tensor:
-    """``steps + 1`` float64 values: ``t_i`` uniform from ``t(sigma_max / shift)`` to 0, mapped to
-    ``shift * t_i / (1 - t_i)``; the last (t = 0) is replaced by ``final``. ``sigma_max = inf``
-    (zero terminal SNR) starts at t = 1, the flow's own prior."""
-    check_steps(steps)
-    if not sigma_max > 0 or not shift > 0:
-        raise ValueError(f"need sigma_max > 0 and shift > 0, got {sigma_max}, {shift}")
-    t_max = flow_time(torch.tensor(sigma_max / shift, dtype=torch.float64))
-    levels = shift * flow_sigma(torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1] * t_max)
-    return _append_final(levels, final)
+GRIDS = (*TIMESTEP_SPACINGS, *CONTINUOUS_GRIDS)
 
 
 def check_grid(grid: str | None, final_sigma: str = "zero", rho: float | None = None) -> None:
@@ -236,9 +218,6 @@ def sigma_grid(
     check_steps(steps)
     lo = schedule.sigma_min if sigma_min is None else float(sigma_min)
     hi = schedule.sigma_max if sigma_max is None else float(sigma_max)
-    if grid == "flow":
-        shift = schedule.shift if isinstance(schedule, RectifiedFlowSchedule) else 1.0
-        return flow_sigmas(steps, hi, shift, final)
     rho = DEFAULT_RHO.get(grid, 1.0) if rho is None else float(rho)
     if grid == "flow":  # the levels' fourth argument is the schedule's shift, not rho
         rho = float(getattr(schedule, "shift", 1.0))
