@@ -146,7 +146,7 @@ def test_short_training_run_is_quiet_and_saves_the_config(tmp_path):
         "set_vital",
         "LeafSpec",
         "transfer_batch_to_device",
-        "eval mode",
+        "at the start of training",
     ):
         assert noise not in output, noise
     run_dir = run_directory(output)
