@@ -78,14 +78,17 @@ class _DropLightningTips(logging.Filter):
         return not str(record.msg).startswith(LIGHTNING_TIP)
 
 
+_DROP_LIGHTNING_TIPS = _DropLightningTips()
+
+
 def quiet_third_party() -> None:
     """Each message once and no dependency noise: filter ``THIRD_PARTY_WARNINGS`` and Lightning's
     tips, and drop the console handler Lightning adds to its ``lightning`` logger (its records
     also reach the root logger, which Hydra prints and writes to the run's log file, so every
-    line appeared twice). Call after the command's modules are imported."""
+    line appeared twice). Idempotent; call again after a lazy ``import lightning``."""
     for message, category in THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLightningTips())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_LIGHTNING_TIPS)
     lightning = logging.getLogger("lightning")
     if logging.getLogger().handlers and lightning.propagate:
         for handler in list(lightning.handlers):
