@@ -61,6 +61,7 @@ def imported_lightning(result: subprocess.CompletedProcess) -> bool:
             ["trainer.max_stepz: no such key; did you mean trainer.max_steps?"],
         ),
         ("train", ["experiment=gmm1d", "data.n_sampels=10"], ["data.n_sampels: no such key"]),
+        ("train", ["-m", "schedule=cosin,edm"], ["did you mean schedule=cosine?"]),
         ("sample", ["model=gmm_oracle", "sampler=ddpn"], ["did you mean sampler=ddpm?"]),
         ("sample", ["model=gmm_oracle", "num_sample=5"], ["did you mean num_samples?"]),
         ("eval", ["ckpt_pth=x.ckpt"], ["did you mean ckpt_path?"]),
@@ -100,6 +101,7 @@ def test_valid_overrides_pass_the_check():
     check_overrides(
         configs, "train", ["-m", "schedule=cosine,edm", "+extra=1", "hydra.run.dir=/tmp/x"]
     )
+    check_overrides(configs, "train", ["-m", "sampler=glob(*)", "seed=range(1,3)"])
     check_overrides(configs, "sample", ["model=gmm_oracle", "data=gmm1d", "num_samples=100"])
 
 

@@ -167,10 +167,29 @@ def check_overrides(config_dir: str, config_name: str, argv: Sequence[str]) -> N
         fail(one_line(error))
     single = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        check_group_sweeps([o for o in parsed if o.is_sweep_override()])
         try:
             compose(config_name, overrides=single, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as error:
             fail(explain(error, single, config_name))
+
+
+def check_group_sweeps(sweeps: Sequence[Any]) -> None:
+    """``-m schedule=cosine,edm``: every option of a swept config group must exist (the sweep
+    itself is composed job by job, by Hydra)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    loader = GlobalHydra.instance().config_loader()
+    for sweep in sweeps:
+        group = sweep.key_or_group
+        options = loader.get_group_options(group)
+        # glob(...) picks from the options itself; ranges and intervals are not group choices.
+        if not options or sweep.is_delete() or not isinstance(sweep.value(), ChoiceSweep):
+            continue
+        for option in sweep.sweep_string_iterator():
+            if option not in options:
+                fail(option_error(group, option, options))
 
 
 def fail(message: str) -> NoReturn:
