@@ -71,21 +71,6 @@ def likelihood_metrics(
     return {"nll_bpd_ode": float(bits_per_dim(log_prob, num_dims, 8 if is_image else None).mean())}
 
 
-def seeds_flag_to_override(argv: list[str]) -> list[str]:
-    """``--seeds N`` (or ``--seeds=N``) -> the Hydra override ``seeds=N``, so that EDM's protocol
-    reads as ``python src/eval.py ... --seeds 3``."""
-    out: list[str] = []
-    values = iter(argv)
-    for arg in values:
-        if arg == "--seeds":
-            out.append(f"seeds={next(values, '')}")
-        elif arg.startswith("--seeds="):
-            out.append(f"seeds={arg.split('=', 1)[1]}")
-        else:
-            out.append(arg)
-    return out
-
-
 PROTOCOL_ONLY = ("metrics.dinov2_weights", "metrics.dinov2_ref", "metrics.precision_recall")
 
 

@@ -25,7 +25,8 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         if self.num_classes == 0 and guidance_scale != 1.0:
             raise ValueError(
                 f"guidance_scale={guidance_scale} needs a class-conditional model; this model is unconditional "
-                "(set guidance_scale=1.0 or train with model.num_classes > 0)"
+                "(set guidance_scale=1.0, or train with model.num_classes=<the data's number of classes>: "
+                "README, 'Class-conditional models and classifier-free guidance')"
             )
         self.guidance_scale = float(guidance_scale)
 
