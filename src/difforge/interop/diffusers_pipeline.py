@@ -118,9 +118,13 @@ def claimed_schedule(config: dict[str, Any], source: Path) -> DiscreteSchedule:
                 if rescale
                 else cosine
             )
-        if name == "linear":
+        if name == "linear":  # diffusers takes the betas as given, for any T
             return LinearSchedule(
-                steps, float(start), float(end), rescale_zero_terminal_snr=rescale
+                steps,
+                float(start),
+                float(end),
+                scale_to_num_timesteps=False,
+                rescale_zero_terminal_snr=rescale,
             )
         if name == "scaled_linear":
             if not 0 < start <= end < 1:
