@@ -72,3 +72,24 @@ def test_bad_sampler_options_are_one_line_errors(tmp_path, overrides, message):
         f"hydra.run.dir={tmp_path}",
     )
     assert_clean_error(result, f"error: {message}")
+
+
+@pytest.mark.parametrize(
+    "overrides,reason",
+    [
+        (("experiment=gmm1d",), "the data are vectors (no FID)"),
+        ((), "this data's FID uses its own classifier's features, not Inception"),
+        (("callbacks=none",), "this run has no FID callback"),
+    ],
+)
+def test_inception_weights_that_cannot_apply_are_refused(tmp_path, overrides, reason):
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"")
+    result = run_cli(
+        "train",
+        *overrides,
+        f"metrics.inception_weights={weights}",
+        "trainer.max_steps=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert_clean_error(result, f"error: metrics.inception_weights={weights} cannot apply: {reason}")

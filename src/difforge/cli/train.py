@@ -195,6 +195,26 @@ INTEGER_TRAINER_KEYS = (
 )
 
 
+def check_inception_weights(cfg: DictConfig, datamodule: Any, callbacks: list[Any]) -> None:
+    """``metrics.inception_weights`` only feeds the FID callback's Inception network: refuse it
+    where no Inception FID runs (no FID callback, vector data, data with its own classifier)."""
+    weights = OmegaConf.select(cfg, "metrics.inception_weights")
+    if not weights:
+        return
+    from difforge.metrics.features import classifier_for
+    from difforge.training.fid_callback import FIDCallback
+
+    reason = None
+    if not any(isinstance(callback, FIDCallback) for callback in callbacks):
+        reason = "this run has no FID callback"
+    elif getattr(datamodule, "kind", "image") != "image":
+        reason = "the data are vectors (no FID)"
+    elif classifier_for(datamodule) is not None:
+        reason = "this data's FID uses its own classifier's features, not Inception"
+    if reason is not None:
+        raise DifforgeError(f"metrics.inception_weights={weights} cannot apply: {reason}")
+
+
 def check_trainer_config(trainer_cfg: DictConfig) -> None:
     for key in INTEGER_TRAINER_KEYS:
         value = trainer_cfg.get(key)
@@ -216,6 +236,7 @@ def train(cfg: DictConfig) -> float | None:
         datamodule.setup("fit")  # missing or unreadable data fail here, before anything heavy
     module = build_module(cfg, tuple(datamodule.data_shape))  # type: ignore[attr-defined]
     callbacks = instantiate_list(cfg.get("callbacks"))
+    check_inception_weights(cfg, datamodule, callbacks)
     loggers = instantiate_list(cfg.get("logger"))
     precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
     trainer: L.Trainer = instantiate(
