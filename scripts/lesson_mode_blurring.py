@@ -31,13 +31,16 @@ def blurring(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from difforge.diffusion.forward import q_sample
+    from difforge.diffusion.schedules import require_discrete
     from difforge.lessons import blurring as lesson
     from difforge.lessons import plots
     from difforge.lessons.script import config_mixture
 
     out = Path(cfg.out_dir)
     mixture = config_mixture(cfg, "data", dim=1)
-    schedules = {name: lesson.check_discrete(instantiate(c)) for name, c in cfg.schedules.items()}
+    schedules = {
+        name: require_discrete(instantiate(c), "this lesson") for name, c in cfg.schedules.items()
+    }
     sigma_star = lesson.critical_sigma(mixture, 1, cfg.grid_points)
     summary: dict = {"critical_sigma": sigma_star, "schedules": {}}
 

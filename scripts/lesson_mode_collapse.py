@@ -39,6 +39,7 @@ def collapse(cfg: DictConfig) -> dict:
 
     from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
     from difforge.diffusion.samplers import Sampler
+    from difforge.diffusion.schedules import require_discrete
     from difforge.lessons import blurring, efficiency, plots
     from difforge.lessons.collapse import mode_report, train_mlp
     from difforge.lessons.script import config_mixture
@@ -105,8 +106,8 @@ def collapse(cfg: DictConfig) -> dict:
                 if "scale_to_num_timesteps" in cfg.schedule
                 else {}
             )
-            short = blurring.check_discrete(
-                instantiate(cfg.schedule, num_timesteps=int(T), **same_betas)
+            short = require_discrete(
+                instantiate(cfg.schedule, num_timesteps=int(T), **same_betas), "this lesson"
             )
             steps = min(int(T), int(cfg.short_forward.max_steps))
             samples = draw(oracle, short, cfg.short_forward.algorithm, steps)

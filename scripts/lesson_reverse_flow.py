@@ -82,6 +82,7 @@ def reverse_flow(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
+    from difforge.diffusion.schedules import require_discrete
     from difforge.lessons import blurring, plots
     from difforge.lessons.script import config_mixture
     from difforge.lessons.trajectories import crossings, record_trajectories
@@ -116,7 +117,7 @@ def reverse_flow(cfg: DictConfig) -> dict:
     background: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"ckpt_path": str(ckpt_path), "panels": {}}
     for model_name, (denoiser, schedule, law, dtype) in models.items():
-        schedule = blurring.check_discrete(schedule)
+        schedule = require_discrete(schedule, "this lesson")
         x_grid = blurring.grid_1d(law, 1.0, 400, margin=4.0)
         t_grid = list(range(0, schedule.num_timesteps + 1, 5))
         background[model_name] = {
