@@ -144,11 +144,6 @@ class GaussianMixture:
         z = (x.to(torch.float64)[:, None] - self.means[:, 0]) / self.stds[:, 0]
         return (self.weights * 0.5 * (1 + torch.erf(z / math.sqrt(2)))).sum(-1)
 
-    def differential_entropy(self, num_samples: int = 200_000, seed: int = 0) -> float:
-        """Monte-Carlo estimate of H = E[-log p(x_0)] in nats (no closed form for mixtures)."""
-        x, _ = self.sample(num_samples, torch.Generator().manual_seed(seed))
-        return float(-self.log_prob(x).mean())
-
 
 class GaussianMixtureOracle(torch.nn.Module):
     """The exact denoiser of a Gaussian mixture, with a trained denoiser's call signature.
