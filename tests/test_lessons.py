@@ -292,6 +292,57 @@ def test_mode_blurring_script(tmp_path: Path) -> None:
     assert_png(tmp_path / "mode_blurring_digits.png", plots.image_rows_size(2, 3, cell=1.3))
 
 
+def compose_lesson(name: str, overrides: list[str], monkeypatch: pytest.MonkeyPatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "configs" / "lessons"), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def test_mode_collapse_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lesson as a library call: each way of losing modes shows, and the fix covers all."""
+    from difforge.lessons import mode_collapse
+
+    cfg = compose_lesson(
+        "mode_collapse",
+        [
+            f"out_dir={tmp_path}",
+            "num_samples=2000",
+            "sampling_steps.algorithms=[ddim]",
+            "sampling_steps.steps=[1,100]",
+            "short_forward.num_timesteps=[20,1000]",
+            "short_forward.max_steps=20",
+            "figure.steps=1",
+            "~training.runs.tiny",
+            "~training.runs.trained",
+            "training.runs.undertrained.steps=5",
+            "training.sampler.steps=5",
+        ],
+        monkeypatch,
+    )
+    results = mode_collapse.run(cfg)
+    one_d = results["gmm1d"]
+    assert one_d["sampling_steps"]["ddim, 1 steps"]["modes_covered"] == 1  # the data mean
+    assert one_d["sampling_steps"]["ddim, 100 steps"]["modes_covered"] == 3
+    short, full = one_d["short_forward"]["T = 20"], one_d["short_forward"]["T = 1000"]
+    # The same betas (unscaled) over 20 steps: q(x_T) keeps the data.
+    unscaled = torch.prod(1 - torch.linspace(1e-4, 0.02, 20, dtype=torch.float64))
+    assert short["abar_T"] == pytest.approx(float(unscaled), rel=1e-9)
+    assert full["abar_T"] < 1e-4
+    assert short["modes_of_q_T"] == 3 and full["modes_of_q_T"] == 1
+    assert results["gmm2d"]["fixed"]["modes_covered"] == results["gmm2d"]["fixed"]["num_modes"]
+    assert set(results["gmm2d"]["training"]) == {"undertrained"}
+    assert (
+        "| exact, ddim, full schedule (fixed) | 3/3 |"
+        in (tmp_path / "mode_collapse.md").read_text()
+    )
+    assert_png(tmp_path / "mode_collapse.png", plots.collapse_size(4))
+    assert_png(tmp_path / "mode_collapse_mass.png", plots.COLLAPSE_MASS_SIZE)
+
+
 @pytest.mark.parametrize("name", ["mode_blurring", "reverse_flow", "mode_collapse", "nfe_sweep"])
 def test_lesson_configs_compose(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from hydra import compose, initialize_config_dir
