@@ -148,7 +148,7 @@ class TrainStep:
         self.net = net.to(device).to(memory_format=memory_format(args, net)).train()
         self.schedule = LinearSchedule()
         self.denoiser = Denoiser(self.net, self.schedule, EpsParameterization())
-        self.loss_fn = DenoisingLoss("uniform")
+        self.loss_fn = DenoisingLoss()
         self.ema = EMA(self.net, 0.9999)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=2e-4, fused=True)
         shape = (args.batch, args.channels, args.image_size, args.image_size)
@@ -397,7 +397,7 @@ def lightning_benchmark(
                 net,
                 LinearSchedule(),
                 EpsParameterization(),
-                DenoisingLoss("uniform"),
+                DenoisingLoss(),
                 Sampler("ddim", 10),
                 (args.channels, args.image_size, args.image_size),
                 lr=2e-4,

@@ -198,7 +198,7 @@ def test_flow_loss_with_logit_normal_law_is_sd3_weighting():
             return net(x) * torch.cos(noise_labels / 300)[:, None]
 
     denoiser = Denoiser(Net(), schedule, param)
-    loss = DenoisingLoss("uniform")
+    loss = DenoisingLoss()
     g = torch.Generator().manual_seed(8)
     x0, noise = torch.randn(2, 256, 3, dtype=torch.float64, generator=g)
 

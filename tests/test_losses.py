@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from difforge.diffusion.hybrid_loss import HybridLoss
-from difforge.diffusion.losses import DenoisingLoss
+from difforge.diffusion.losses import DenoisingLoss, EDMLoss, MinSNRLoss
 from difforge.diffusion.parameterization import (
     Denoiser,
     EDMParameterization,
@@ -25,7 +25,7 @@ class ConstantNet(torch.nn.Module):
 
 
 def test_min_snr_weight_for_eps_prediction_is_min_snr_over_snr():
-    loss = DenoisingLoss("min_snr", min_snr_gamma=5.0)
+    loss = MinSNRLoss(min_snr_gamma=5.0)
     denoiser = Denoiser(ConstantNet(4, 1), LinearSchedule(), EpsParameterization())
     sigma = torch.tensor([0.1, 0.3, 1.0, 10.0])
     snr = 1 / sigma**2
@@ -40,7 +40,7 @@ def test_edm_weighting_is_uniform_under_edm_preconditioning():
     denoiser = Denoiser(ConstantNet(4, 1), EDMSchedule(), EDMParameterization(0.5))
     sigma = torch.tensor([0.002, 0.5, 3.0, 80.0])
     torch.testing.assert_close(
-        DenoisingLoss("edm", sigma_data=0.5).target_weight(denoiser, sigma), torch.ones(4)
+        EDMLoss(sigma_data=0.5).target_weight(denoiser, sigma), torch.ones(4)
     )
 
 
@@ -52,7 +52,7 @@ def test_loss_is_the_weighted_target_error():
     denoiser = Denoiser(net, LinearSchedule(), EpsParameterization())
     x0, noise = torch.randn(8, 3), torch.randn(8, 3)
     sigma = torch.rand(8) + 0.1
-    per_sample = DenoisingLoss("uniform")(denoiser, x0, sigma, noise)
+    per_sample = DenoisingLoss()(denoiser, x0, sigma, noise)
     torch.testing.assert_close(per_sample, ((net.output - noise) ** 2).mean(1))
 
 
@@ -106,8 +106,8 @@ def test_hybrid_loss_needs_a_learned_variance_and_a_discrete_schedule():
         )
 
 
-def test_unknown_weighting_is_refused():
-    with pytest.raises(
-        ValueError, match=r"unknown loss.weighting 'snr'; allowed: uniform, min_snr, edm"
-    ):
-        DenoisingLoss("snr")
+def test_bad_weighting_parameters_are_refused():
+    with pytest.raises(ValueError, match=r"loss.min_snr_gamma must be > 0, got 0"):
+        MinSNRLoss(0)
+    with pytest.raises(ValueError, match=r"loss.sigma_data must be > 0, got -1"):
+        EDMLoss(sigma_data=-1)

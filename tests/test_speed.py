@@ -179,7 +179,7 @@ def test_compiled_training_loss_and_sampling_denoiser_have_no_graph_breaks(sched
     net.check_inputs = False
     for parameterization in (EpsParameterization(), VParameterization()):
         denoiser = Denoiser(net, schedule, parameterization)
-        loss = DenoisingLoss("uniform")
+        loss = DenoisingLoss()
         x0, labels = torch.randn(2, 1, 8, 8), torch.tensor([0, 3])
         sigma = schedule.sample_training_sigmas(2)
         torch._dynamo.reset()
