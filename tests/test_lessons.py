@@ -120,6 +120,30 @@ def test_trajectories_ode_never_cross_sde_do(oracle1d: GaussianMixtureOracle) ->
     assert crossings(sde) > 100
 
 
+@pytest.mark.parametrize(
+    "sampler,kind",
+    [
+        (Sampler("ddpm", 10), "SDE"),
+        (Sampler("euler", 10, S_churn=40.0), "SDE"),
+        (Sampler("ddim", 10), "ODE"),
+        (Sampler("heun", 5), "ODE"),
+    ],
+    ids=lambda v: getattr(v, "algorithm", v),
+)
+def test_reverse_flow_panel(oracle1d: GaussianMixtureOracle, sampler: Sampler, kind: str) -> None:
+    """A panel of lesson 2: the sampler's kind from the registry, paths that cross only under
+    the SDE."""
+    from omegaconf import OmegaConf
+
+    from difforge.lessons.reverse_flow import paths_panel
+
+    cfg = OmegaConf.create({"num_samples": 300, "seed": 1, "num_paths": 12})
+    panel, entry = paths_panel(oracle1d, LINEAR, sampler, oracle1d.mixture, torch.float64, cfg)
+    assert entry["kind"] == kind and panel["short"] == f"{sampler.algorithm} ({kind})"
+    assert panel["x"].shape == (sampler.steps + 1, 12) and panel["samples"].shape == (300,)
+    assert (entry["order_swaps_among_500"] > 0) == (kind == "SDE")
+
+
 # ------------------------------------------------------------------------------ mode collapse
 def test_mode_report(gmm1d: GaussianMixture) -> None:
     exact, _ = gmm1d.sample(20_000, torch.Generator().manual_seed(3))
