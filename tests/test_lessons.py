@@ -1,4 +1,4 @@
-"""The lessons (difforge.lessons and scripts/lesson_*.py, scripts/nfe_sweep.py): exact densities,
+"""The lessons (difforge.lessons, run by scripts/lesson_*.py and scripts/nfe_sweep.py): exact densities,
 mode counts and merge times, trajectories, collapse metrics, the NFE sweep, and the figures."""
 
 from __future__ import annotations
@@ -367,14 +367,34 @@ def test_mode_collapse_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert_png(tmp_path / "mode_collapse_mass.png", plots.COLLAPSE_MASS_SIZE)
 
 
+def test_nfe_sweep_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lesson 4 as a library call: the smallest NFE under the threshold, second order ahead."""
+    from difforge.lessons import nfe_sweep
+
+    overrides = [
+        f"out_dir={tmp_path}",
+        "algorithms=[ddim,dpmpp_2m]",
+        "num_samples=3000",
+        "steps=[2,8,32]",
+        "threshold=0.1",
+        "max_steps=64",
+        "threshold_seeds=[0,1]",
+        "floor_repeats=2",
+        "sweep2d.steps=[2,8]",
+        "sweep2d.num_samples=2000",
+    ]
+    summary = nfe_sweep.run(compose_lesson("nfe_sweep", overrides, monkeypatch))
+    one_d = summary["gmm1d"]
+    for record in one_d["smallest_nfe_records"].values():
+        assert record["error"] <= 0.1
+    assert one_d["smallest_nfe"]["dpmpp_2m"] < one_d["smallest_nfe"]["ddim"]
+    assert {r["steps"] for r in summary["gmm2d"]["records"]} == {2, 8}
+    assert "| dpmpp_2m |" in (tmp_path / "nfe_sweep.md").read_text()
+    assert_png(tmp_path / "nfe_sweep.png", plots.NFE_SWEEP_SIZE)
+
+
 @pytest.mark.parametrize("name", ["mode_blurring", "reverse_flow", "mode_collapse", "nfe_sweep"])
 def test_lesson_configs_compose(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "configs" / "lessons"), version_base="1.3"):
-        cfg = compose(name, overrides=["+schedule@extra_schedule=cosine"])
+    cfg = compose_lesson(name, ["+schedule@extra_schedule=cosine"], monkeypatch)
     assert cfg.extra_schedule._target_.endswith("CosineSchedule")
     assert "data" in cfg

@@ -9,8 +9,8 @@ section of ``docs/guide.md``; it writes its figures to ``cfg.out_dir`` and retur
                     paths of the reverse process, stochastic and deterministic;
 - ``mode_collapse`` lesson 3 (``scripts/lesson_mode_collapse.py``), on ``collapse``: on-mode mass
                     and coverage, and a tiny in-process trainer;
-- ``efficiency``    sample quality versus the number of function evaluations
-                    (``scripts/nfe_sweep.py``);
+- ``nfe_sweep``     lesson 4 (``scripts/nfe_sweep.py``), on ``efficiency``: sample quality versus
+                    the number of function evaluations;
 - ``plots``         the figures (matplotlib, no display);
 - ``script``        what the scripts share: ``run_lesson`` (one thread, the config printed,
                     one-line errors) and ``config_mixture`` (the mixture of a data config).
