@@ -1,47 +1,28 @@
 """Sampler accuracy per NFE on the exact score: difforge's samplers against diffusers' schedulers.
 
-Both sides sample a known Gaussian mixture with its exact denoiser
-(``difforge.diffusion.gaussian_mixture.GaussianMixtureOracle``), so the only error left is the
-sampler's discretisation (plus the Monte-Carlo error of a finite sample, reported as the
-statistical floor). Mixtures: ``gmm1d`` (weights 0.2/0.5/0.3, means -3/0/3, stds 0.5) and
-``gmm2d`` (8 equal Gaussians of std 0.3 on a ring of radius 4, as ``configs/data/gmm2d.yaml``).
-Schedule: linear betas 1e-4..0.02, T = 1000, for both sides.
+Both sides sample a known Gaussian mixture (gmm1d, gmm2d: ``difforge.benchmarks.oracle_metrics``)
+with its exact denoiser, on difforge's linear and cosine schedules (diffusers: ``linear`` and
+``squaredcos_cap_v2`` betas, alphas_cumprod checked equal), from the same standard-normal draws,
+so what is left is each sampler's discretisation error plus the Monte-Carlo error of a finite
+sample (the statistical floor, reported).
 
-difforge: ``Sampler(algorithm, steps)`` with its defaults (ddpm/ddim on the respaced discrete
-grid, euler/heun/dpmpp_2m on the Karras grid, sigma_max capped at 80), plus the other grid.
+1. Search (``--search-samples`` per run): every difforge sampler of the registry on every grid
+   (``difforge.benchmarks.difforge_configs``), and every diffusers configuration that fits
+   (``difforge.benchmarks.diffusers_peer``), at every NFE; difforge also on the continuous
+   ``edm`` schedule (no diffusers peer) to choose its defaults there.
+2. Headline (``--samples`` per run): each difforge sampler at its default settings, and the
+   ``--top`` best configurations of every diffusers family in the search, run again.
 
-diffusers: DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler and
-DPMSolverMultistepScheduler, each in its default configuration and a few others (timestep
-spacing, Karras sigmas); "best" is the lowest error over those at the same NFE. Each is fed the
-exact noise prediction
+Tables (markdown, on stdout): the headline (difforge's best default sampler vs diffusers' best
+configuration of all, per law x schedule x NFE), each difforge default vs its diffusers
+counterpart's best, and the grid choice (each sampler's configurations ranked per schedule kind).
 
-    eps(x_vp, sigma) = (x_vp - sqrt(abar) D(x_vp / sqrt(abar), sigma)) / sqrt(1 - abar),
-    abar = 1 / (1 + sigma^2),
+    python scripts/bench_samplers.py --json samplers.json          # the full benchmark
+    python scripts/bench_samplers.py --quick                       # seconds: a smoke test
 
-where ``x_vp`` is the scaled model input and ``sigma`` the noise level the scheduler itself
-assigns to the current latent:
-
-- DDPM, DDIM: latents are variance-preserving (``scale_model_input`` is the identity,
-  ``init_noise_sigma = 1``); ``abar = scheduler.alphas_cumprod[t]`` at the integer timestep.
-- DPMSolverMultistep: VP latents too; ``sigma = scheduler.sigmas[i]`` (its own, possibly Karras,
-  sigma for step i; with Karras sigmas the timestep handed to a network is rounded, the oracle
-  is given the unrounded sigma, i.e. diffusers' best case).
-- Euler, Heun: latents in sigma space (VE, ``init_noise_sigma`` = sigma_max or
-  sqrt(sigma_max^2 + 1)); ``scale_model_input`` divides by sqrt(sigma^2 + 1), which is x_vp;
-  ``sigma = scheduler.sigmas[step_index]`` (Heun's interleaved table, one entry per call).
-
-``clip_sample`` is turned off for DDPM/DDIM (diffusers' default clips x0 to [-1, 1], meant for
-images; the mixtures live in about [-5, 5]).
-
-Metrics: W1 (exact against the mixture's CDF in 1-D; sliced W1 with 256 directions against a
-fixed exact reference sample of the same size in 2-D) and the per-mode mass error
-``max_k |mass_k - true_mass_k|`` (Bayes-classifier assignment, ``difforge.metrics.mixture``).
-Both sides start from the same standard-normal draw (same seed, same shape), so for the
-deterministic samplers their difference is systematic, not Monte-Carlo noise.
-
-    python scripts/bench_samplers.py                       # 20k samples, NFE 5 10 20 50 100
-    python scripts/bench_samplers.py --quick               # seconds: 2k samples, NFE 5 10
-    python scripts/bench_samplers.py --json out.json
+The full benchmark takes hours on two shared cores; docs/benchmarks.md (section 3) splits it
+into runs per side and per law (``--no-difforge`` / ``--no-diffusers``, ``--laws``), reruns the
+defaults after a registry change (``--headline-only``) and joins them (``--reuse``).
 """
 
 from __future__ import annotations
@@ -49,506 +30,391 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
-from difforge.diffusion.samplers import SAMPLERS, CountingDenoiser, Sampler
-from difforge.diffusion.schedules import LinearSchedule
+from difforge.benchmarks import difforge_configs as ours
+from difforge.benchmarks import sampler_tables as tables
+from difforge.benchmarks.oracle_metrics import (
+    MIXTURES,
+    BatchSigmaOracle,
+    MixtureScore,
+    make_mixture,
+)
+from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
+from difforge.diffusion.samplers import SAMPLERS
+from difforge.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule, NoiseSchedule
 from difforge.machine import machine_info
-from difforge.metrics.mixture import mode_mass, true_mode_mass, wasserstein1_1d
 
-FAMILIES = ("ddpm", "ddim", "euler", "heun", "dpmpp_2m")
-DIFFUSERS_NAMES = {
-    "ddpm": "DDPMScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
+SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
+    "linear": lambda: LinearSchedule(1000, 1e-4, 0.02),
+    "cosine": lambda: CosineSchedule(1000),
+    "edm": lambda: EDMSchedule(),
 }
-# Configurations tried per diffusers scheduler; the first is the scheduler's default.
-DIFFUSERS_CONFIGS: dict[str, list[dict[str, Any]]] = {
-    "ddpm": [
-        {"timestep_spacing": "leading"},
-        {"timestep_spacing": "trailing"},
-        {"timestep_spacing": "linspace"},
-    ],
-    "ddim": [
-        {"timestep_spacing": "leading"},
-        {"timestep_spacing": "trailing"},
-        {"timestep_spacing": "linspace"},
-    ],
-    "euler": [
-        {"timestep_spacing": "linspace"},
-        {"timestep_spacing": "trailing"},
-        {"timestep_spacing": "leading"},
-        {"timestep_spacing": "linspace", "use_karras_sigmas": True},
-    ],
-    "heun": [
-        {"timestep_spacing": "linspace"},
-        {"timestep_spacing": "trailing"},
-        {"timestep_spacing": "linspace", "use_karras_sigmas": True},
-    ],
-    "dpmpp_2m": [
-        {"timestep_spacing": "linspace"},
-        {"timestep_spacing": "trailing"},
-        {"timestep_spacing": "leading"},
-        {"timestep_spacing": "linspace", "use_karras_sigmas": True},
-    ],
-}
-SLICED_DIRECTIONS = 256
-# Heun steps for the "ODE limit" reference (2 * steps - 1 NFE, float64).
-ODE_LIMIT_STEPS = 200
-# The first is difforge's default. "trailing" is not a difforge option: the schedule's own sigmas
-# at the timesteps round(arange(T, 0, -T / steps)) - 1 (diffusers' "trailing" spacing; Lin et al.
-# 2024, "Common diffusion noise schedules and sample steps are flawed", table 2), fed to
-# difforge's algorithm functions: what difforge would give with that grid.
-DIFFORGE_GRIDS = {
-    "ddpm": ("linspace", "karras", "trailing"),
-    "ddim": ("linspace", "karras", "trailing"),
-    "euler": ("karras", "linspace", "trailing"),
-    "heun": ("karras", "linspace", "trailing"),
-    "dpmpp_2m": ("karras", "linspace", "trailing"),
-}
+# Schedule kinds whose defaults the grid search chooses: discrete VP tables and continuous EDM.
+KINDS = {"discrete (linear, cosine)": ("linear", "cosine"), "edm": ("edm",)}
+ODE_LIMIT_STEPS = 250  # Heun on the trailing grid, 499 NFE: the probability-flow ODE's limit
 
 
-def make_mixtures() -> dict[str, GaussianMixture]:
-    angle = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
-    ring = 4.0 * torch.stack([angle.cos(), angle.sin()], dim=1)  # = data.toys.mixture_layout
-    return {
-        "gmm1d": GaussianMixture([0.2, 0.5, 0.3], [-3.0, 0.0, 3.0], [0.5, 0.5, 0.5]),
-        "gmm2d": GaussianMixture(torch.ones(8), ring, torch.full((8,), 0.3)),
-    }
-
-
-def steps_for(family: str, nfe: int) -> int:
-    """Steps giving at most ``nfe`` evaluations (Heun: 2 steps - 1 on both sides)."""
-    return max(1, (nfe + 1) // 2) if family == "heun" else nfe
-
-
-class Metrics:
-    """W1 and mode-mass error against one mixture, with its cached reference quantities.
-
-    In 2-D the sliced W1 is ``difforge.metrics.mixture.sliced_wasserstein1(samples, reference,
-    256, seed=0)`` (same directions, same formula; tested equal), with the reference's sorted
-    projections cached and the projections sorted along contiguous rows (several times faster).
-    """
-
-    def __init__(self, mixture: GaussianMixture, n: int, reference_seed: int = 10_000) -> None:
-        self.mixture = mixture
-        self.true_mass = true_mode_mass(mixture, num_samples=1_000_000, seed=0)
-        self.directions = self.reference_sorted = None
-        if mixture.dim > 1:
-            reference, _ = mixture.sample(n, torch.Generator().manual_seed(reference_seed))
-            generator = torch.Generator().manual_seed(0)
-            directions = torch.randn(
-                mixture.dim, SLICED_DIRECTIONS, generator=generator, dtype=torch.float64
-            )
-            self.directions = directions / directions.norm(dim=0, keepdim=True)
-            self.reference_sorted = self._sorted_projections(reference)
-
-    def _sorted_projections(self, x: torch.Tensor) -> torch.Tensor:
-        projections = (x.to(torch.float64) @ self.directions).T.contiguous()
-        return torch.from_numpy(np.sort(projections.numpy(), axis=1))  # 2x torch's CPU sort
-
-    def __call__(self, samples: torch.Tensor) -> dict[str, float]:
-        samples = samples.reshape(samples.shape[0], -1).to(torch.float64)
-        if not torch.isfinite(samples).all():
-            return {"w1": math.inf, "mass_err": math.inf}
-        if self.reference_sorted is None:
-            w1 = wasserstein1_1d(samples, self.mixture)
-        else:
-            w1 = float((self._sorted_projections(samples) - self.reference_sorted).abs().mean())
-        mass_err = float((mode_mass(samples, self.mixture) - self.true_mass).abs().max())
-        return {"w1": w1, "mass_err": mass_err}
-
-
-def statistical_floor(metrics: Metrics, n: int, seeds: int) -> dict[str, float]:
-    """Metrics of exact samples of the same size: the best any sampler can show."""
-    w1s, masses = [], []
-    for s in range(seeds):
-        x, _ = metrics.mixture.sample(n, torch.Generator().manual_seed(1000 + s))
-        m = metrics(x)
-        w1s.append(m["w1"])
-        masses.append(m["mass_err"])
-    return {
-        "w1_mean": statistics.fmean(w1s),
-        "w1_std": statistics.stdev(w1s) if len(w1s) > 1 else 0.0,
-        "mass_err_mean": statistics.fmean(masses),
-        "mass_err_std": statistics.stdev(masses) if len(masses) > 1 else 0.0,
-    }
-
-
-def run_difforge(
-    family: str,
-    grid: str,
-    nfe: int,
-    oracle: GaussianMixtureOracle,
-    schedule: LinearSchedule,
-    n: int,
+def measure(
+    run: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, int]],
+    score: MixtureScore,
     seed: int,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, int]:
-    if grid == "trailing":
-        return run_difforge_trailing(family, nfe, oracle, schedule, n, seed, dtype)
-    sigma_min = None
-    if grid.startswith("karras@"):  # --karras-sigma-min: the Karras grid ending higher
-        grid, sigma_min = "karras", float(grid.split("@", 1)[1])
-    sampler = Sampler(family, steps_for(family, nfe), grid=grid, sigma_min=sigma_min)
-    result = sampler(
-        oracle,
-        schedule,
-        (n, oracle.mixture.dim),
-        dtype=dtype,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One run from the standard-normal draws of ``seed`` (stochastic samplers' noise from
+    ``seed + 1``), scored; a run that raises scores inf and keeps its error message."""
+    noise = torch.randn(
+        (score.num_samples, score.mixture.dim),
         generator=torch.Generator().manual_seed(seed),
+        dtype=torch.float64,
     )
-    return result.samples, result.nfe
+    start = time.perf_counter()
+    try:
+        samples, nfe = run(noise, torch.Generator().manual_seed(seed + 1))
+        metrics, error = score(samples), None
+    except (ValueError, RuntimeError, IndexError) as exc:  # diffusers' failures on odd configs
+        nfe, metrics, error = 0, {"w1": math.inf, "mass_err": math.inf}, str(exc)[:200]
+    row = {**fields, "nfe": nfe, **metrics, "seconds": time.perf_counter() - start}
+    if error is not None:
+        row["error"] = error
+    return row
 
 
-def trailing_sigmas(schedule: LinearSchedule, steps: int) -> torch.Tensor:
-    """The schedule's sigmas at diffusers' "trailing" timesteps, then 0 (float64)."""
-    t = schedule.num_timesteps
-    indices = torch.from_numpy(np.arange(t, 0, -t / steps).round().astype(np.int64) - 1)
-    return torch.cat([schedule.sigmas[indices], torch.zeros(1, dtype=torch.float64)])
-
-
-def run_difforge_trailing(
-    family: str,
+def search_cell(
+    law: str,
+    schedule_name: str,
     nfe: int,
     oracle: GaussianMixtureOracle,
-    schedule: LinearSchedule,
-    n: int,
-    seed: int,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, int]:
-    """``Sampler.__call__`` with the trailing grid in place of the configured one."""
-    sigmas = trailing_sigmas(schedule, steps_for(family, nfe))
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n, oracle.mixture.dim), generator=generator, dtype=dtype)
-    counter = CountingDenoiser(oracle)
-    samples = SAMPLERS[family].fn(counter, noise * sigmas[0].item(), sigmas, generator=generator)
-    return samples, counter.nfe
-
-
-def exact_eps(oracle: GaussianMixtureOracle, x_vp: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The exact noise prediction at the VP latent ``x_vp`` of noise level ``sigma`` (VE)."""
-    abar = 1.0 / (1.0 + sigma**2)
-    x64 = x_vp.to(torch.float64)
-    x_ve = x64 / math.sqrt(abar)
-    d = oracle(x_ve, torch.full((x_vp.shape[0],), sigma, dtype=torch.float64))
-    return ((x64 - math.sqrt(abar) * d) / math.sqrt(1 - abar)).to(x_vp.dtype)
-
-
-def run_diffusers(
-    family: str,
-    config: dict[str, Any],
-    nfe: int,
-    oracle: GaussianMixtureOracle,
-    n: int,
-    seed: int,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, int]:
-    import diffusers
-
-    cls = getattr(diffusers, DIFFUSERS_NAMES[family])
-    kwargs: dict[str, Any] = {
-        "num_train_timesteps": 1000,
-        "beta_start": 1e-4,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "prediction_type": "epsilon",
-        **config,
-    }
-    if family in ("ddpm", "ddim"):
-        kwargs["clip_sample"] = False
-    scheduler = cls(**kwargs)
-    scheduler.set_timesteps(steps_for(family, nfe))
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, oracle.mixture.dim), generator=generator, dtype=dtype)
-    x = x * float(scheduler.init_noise_sigma)
-    calls = 0
-    for i, t in enumerate(scheduler.timesteps):
-        model_input = scheduler.scale_model_input(x, t)
-        if family in ("ddpm", "ddim"):
-            abar = float(scheduler.alphas_cumprod[int(t)])
-            sigma = math.sqrt((1 - abar) / abar)
-        else:
-            # The sigma the scheduler pairs with this call (Heun: its interleaved table).
-            step_index = getattr(scheduler, "step_index", None)
-            assert step_index is None or step_index == i, (step_index, i)
-            sigma = float(scheduler.sigmas[i])
-        eps = exact_eps(oracle, model_input, sigma)
-        calls += 1
-        extra = {"generator": generator} if family == "ddpm" else {}
-        x = scheduler.step(eps, t, x, **extra).prev_sample
-    return x, calls
-
-
-def evaluate_mixture(
-    mixture: GaussianMixture,
-    schedule: LinearSchedule,
+    score: MixtureScore,
     args: argparse.Namespace,
-    dtype: torch.dtype,
-    use_diffusers: bool,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Every sampler and configuration at every NFE on one mixture, metrics averaged over seeds."""
-    oracle = GaussianMixtureOracle(mixture)
-    metrics = Metrics(mixture, args.samples)
-    floor = statistical_floor(metrics, args.samples, args.floor_seeds)
-    rows: list[dict[str, Any]] = []
+) -> list[dict[str, Any]]:
+    """Every difforge configuration and (discrete schedules) every diffusers one in one cell."""
+    schedule = SCHEDULES[schedule_name]()
+    cell = {"law": law, "schedule": schedule_name, "nfe_target": nfe}
+    rows = []
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for config in ours.grid_configs(schedule, () if args.headline_only else tuple(args.samplers)):
+        # Configurations that walk the same grid (e.g. log_snr and exponential) run once.
+        key = (config.sampler, config.options, tuple(ours.grid_of(config, schedule, nfe).tolist()))
+        fields = {
+            **cell,
+            "side": "difforge",
+            "family": config.sampler,
+            "config": config.label,
+            "default": False,
+            "default_able": ours.can_be_default(config),
+            "stochastic": SAMPLERS[config.sampler].is_stochastic(dict(config.options)),
+        }
+        if key in seen:
+            rows.append({**seen[key], **fields, "same_as": seen[key]["config"]})
+            continue
+        seen[key] = measure(
+            lambda noise, gen, config=config: ours.run_difforge(
+                config, schedule, oracle, nfe, noise, gen
+            ),
+            score,
+            args.seed,
+            **fields,
+        )
+        rows.append(seen[key])
+    if args.headline_only:
+        return tables.select(args.reused["search"], **cell)
+    rows += reused_rows(args, "search", cell)
+    if args.diffusers and schedule.is_discrete:
+        from difforge.benchmarks import diffusers_peer as peer
 
-    def averaged(run: Any) -> dict[str, Any]:
-        per_seed = [run(seed) for seed in args.seeds]
-        out = {key: statistics.fmean(m[key] for _, m in per_seed) for key in ("w1", "mass_err")}
-        out["nfe"] = per_seed[0][0]
-        out["per_seed_w1"] = [m["w1"] for _, m in per_seed]
-        return out
-
-    def difforge_run(family: str, grid: str, nfe: int, run_dtype: torch.dtype = dtype) -> Any:
-        def run(seed: int) -> Any:
-            x, used = run_difforge(
-                family, grid, nfe, oracle, schedule, args.samples, seed, run_dtype
-            )
-            return used, metrics(x)
-
-        return averaged(run)
-
-    def diffusers_run(family: str, config: dict[str, Any], nfe: int) -> Any:
-        def run(seed: int) -> Any:
-            x, used = run_diffusers(family, config, nfe, oracle, args.samples, seed, dtype)
-            return used, metrics(x)
-
-        return averaged(run)
-
-    # The deterministic samplers' limit for these noise draws: the ODE solved finely.
-    limit = difforge_run("heun", "karras", 2 * ODE_LIMIT_STEPS - 1, torch.float64)
-    for family in args.families:
-        for nfe in args.nfe:
-            grids = list(DIFFORGE_GRIDS[family])
-            grids += [f"karras@{value:g}" for value in args.karras_sigma_min]
-            for k, grid in enumerate(grids):
-                rows.append(
-                    {
-                        "side": "difforge",
-                        "family": family,
-                        "config": grid,
-                        "default": k == 0,
-                        "nfe_target": nfe,
-                        **difforge_run(family, grid, nfe),
-                    }
-                )
-            if not use_diffusers:
+        for pc in peer.peer_configs():
+            if args.families and pc.family not in args.families:
                 continue
-            for k, config in enumerate(DIFFUSERS_CONFIGS[family]):
-                rows.append(
-                    {
-                        "side": "diffusers",
-                        "family": family,
-                        "config": config_label(config),
-                        "default": k == 0,
-                        "nfe_target": nfe,
-                        **diffusers_run(family, config, nfe),
-                    }
+            rows.append(
+                measure(
+                    lambda noise, gen, pc=pc: peer.run_peer(pc, schedule, oracle, nfe, noise, gen),
+                    score,
+                    args.seed,
+                    **cell,
+                    side="diffusers",
+                    family=pc.family,
+                    config=pc.label,
+                    default=False,
+                    stochastic=pc.stochastic,
                 )
-    floor["ode_limit_w1"] = limit["w1"]
-    floor["ode_limit_mass_err"] = limit["mass_err"]
-    return floor, rows
+            )
+    return rows
 
 
-def config_label(config: dict[str, Any]) -> str:
-    label = config.get("timestep_spacing", "")
-    if config.get("use_karras_sigmas"):
-        label += "+karras"
-    return label
+def headline_cell(
+    law: str,
+    schedule_name: str,
+    nfe: int,
+    oracle: GaussianMixtureOracle,
+    score: MixtureScore,
+    search: list[dict[str, Any]],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Each difforge sampler at its defaults, and the ``--top`` best configurations of each
+    diffusers family in the search, at ``--samples``."""
+    schedule = SCHEDULES[schedule_name]()
+    cell = {"law": law, "schedule": schedule_name, "nfe_target": nfe}
+    rows = reused_rows(args, "headline", cell)
+    for sampler in args.samplers:
+        config = ours.default_config(sampler)
+        rows.append(
+            measure(
+                lambda noise, gen, config=config: ours.run_difforge(
+                    config, schedule, oracle, nfe, noise, gen
+                ),
+                score,
+                args.seed,
+                **cell,
+                side="difforge",
+                family=sampler,
+                config=f"default ({ours.grid_label(config, schedule)})",
+                default=True,
+                stochastic=SAMPLERS[sampler].is_stochastic({}),
+            )
+        )
+    if not (args.diffusers and schedule.is_discrete):
+        return rows
+    from difforge.benchmarks import diffusers_peer as peer
+
+    by_label = {pc.label: pc for pc in peer.peer_configs()}
+    searched = tables.select(search, side="diffusers", **cell)
+    for family in dict.fromkeys(r["family"] for r in searched):
+        ranked = sorted(tables.select(searched, family=family), key=lambda r: r["w1"])
+        for row in ranked[: args.top]:
+            if args.samples == args.search_samples:
+                rows.append(row)
+                continue
+            pc = by_label[row["config"]]
+            rows.append(
+                measure(
+                    lambda noise, gen, pc=pc: peer.run_peer(pc, schedule, oracle, nfe, noise, gen),
+                    score,
+                    args.seed,
+                    **{k: row[k] for k in ("law", "schedule", "nfe_target", "side", "family")},
+                    config=row["config"],
+                    default=False,
+                    stochastic=row["stochastic"],
+                )
+            )
+    return rows
 
 
-def fmt(value: float) -> str:
-    if math.isinf(value) or math.isnan(value):
-        return "nan"
-    return f"{value:.4f}"
+def reused_rows(args: argparse.Namespace, part: str, cell: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``--reuse`` files in this cell that this run does not compute itself."""
+    return [
+        r
+        for r in tables.select(args.reused[part], **cell)
+        if (r["side"] == "diffusers" and not args.diffusers)
+        or (r["side"] == "difforge" and r["family"] not in args.samplers)
+    ]
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Who made a row, and in which cell."""
+    return tuple(row[k] for k in ("side", "family", "law", "schedule", "nfe_target"))
+
+
+def ode_limit(
+    schedule_name: str, oracle: GaussianMixtureOracle, score: MixtureScore, seed: int
+) -> dict[str, Any]:
+    """Heun with ``ODE_LIMIT_STEPS`` on the trailing grid: the deterministic samplers' limit
+    for these noise draws (a sampler can sit slightly below it by chance)."""
+    schedule = SCHEDULES[schedule_name]()
+    config = ours.DifforgeConfig("heun", "trailing")
+    nfe = SAMPLERS["heun"].nfe(ODE_LIMIT_STEPS)
+    return measure(
+        lambda noise, gen: ours.run_difforge(config, schedule, oracle, nfe, noise, gen),
+        score,
+        seed,
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=50_000, help="per headline run")
+    parser.add_argument("--search-samples", type=int, default=10_000, help="per search run")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--laws", nargs="+", choices=MIXTURES, default=list(MIXTURES))
+    parser.add_argument(
+        "--schedules", nargs="+", choices=("linear", "cosine"), default=["linear", "cosine"]
+    )
+    parser.add_argument(
+        "--no-edm-search", action="store_true", help="skip difforge's grid search on edm"
+    )
+    parser.add_argument("--samplers", nargs="+", choices=tuple(SAMPLERS), default=list(SAMPLERS))
+    parser.add_argument(
+        "--families", nargs="+", default=None, help="diffusers families (default: all)"
+    )
+    parser.add_argument("--top", type=int, default=3, help="diffusers configs per family rerun")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--floor-repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--no-diffusers", action="store_true", help="difforge only")
+    parser.add_argument(
+        "--no-difforge", action="store_true", help="diffusers only (no difforge sampler)"
+    )
+    parser.add_argument(
+        "--headline-only",
+        action="store_true",
+        help="run only difforge's defaults; every other row (the search) comes from --reuse",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds: 2k samples, NFE 5 10, gmm1d, linear"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write every row here")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="add the rows of these earlier --json runs (same samples and seed) that this run "
+        "does not compute (diffusers' with --no-diffusers, samplers not in --samplers); a later "
+        "file's rows of a sampler in a cell replace an earlier file's",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.samples = args.search_samples = 2000
+        args.nfe, args.laws, args.schedules, args.floor_repeats = [5, 10], ["gmm1d"], ["linear"], 2
+        args.no_edm_search = True
+    if min(args.samples, args.search_samples, args.top, args.floor_repeats) < 1:
+        parser.error("--samples, --search-samples, --top and --floor-repeats must be >= 1")
+    if args.headline_only and not args.reuse:
+        parser.error("--headline-only needs --reuse (the search to take the other rows from)")
+    args.diffusers = not (args.no_diffusers or args.headline_only)
+    if args.no_difforge:
+        args.samplers = []
+    args.reused = {"search": [], "headline": []}
+    for path in args.reuse:
+        earlier = json.loads(path.read_text())
+        for key in ("samples", "search_samples", "seed"):
+            if earlier["args"][key] != getattr(args, key):
+                parser.error(
+                    f"--reuse {path}: {key} was {earlier['args'][key]!r} there, "
+                    f"{getattr(args, key)!r} here"
+                )
+        for part in ("search", "headline"):
+            # A later file's rows of a sampler (or diffusers family) in a cell replace earlier ones.
+            redone = {row_key(r) for r in earlier[part]}
+            args.reused[part] = [
+                r for r in args.reused[part] if row_key(r) not in redone
+            ] + earlier[part]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
-    parser.add_argument("--mixtures", nargs="+", default=["gmm1d", "gmm2d"])
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="metrics are means over these"
-    )
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: stable when shared)"
-    )
-    parser.add_argument("--floor-seeds", type=int, default=5)
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--no-diffusers", action="store_true", help="difforge only")
-    parser.add_argument(
-        "--karras-sigma-min",
-        type=float,
-        nargs="*",
-        default=[],
-        help="also run difforge's Karras grid with these sigma_min (default: the schedule's)",
-    )
-    parser.add_argument("--quick", action="store_true", help="2k samples, NFE 5 10: seconds")
-    parser.add_argument("--json", type=Path, default=None, help="write all results here")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.samples, args.nfe, args.floor_seeds, args.seeds = 2000, [5, 10], 2, [0]
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    use_diffusers = not args.no_diffusers
-    if use_diffusers:
-        try:
-            import diffusers
-        except ImportError:
-            print("diffusers is not installed (see requirements.txt): difforge only")
-            use_diffusers = False
-        else:
-            diffusers.utils.logging.set_verbosity_error()
-
     info = machine_info()
-    info["diffusers"] = diffusers.__version__ if use_diffusers else None
+    if args.diffusers:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
     print(
         f"machine: {info['nproc']} cores, {info['cpu']}, torch {info['torch']} "
-        f"({info['threads']} threads), diffusers {info['diffusers']}"
+        f"({info['threads']} threads), diffusers {info.get('diffusers')}"
     )
     print(
         f"command: python scripts/bench_samplers.py {' '.join(sys.argv[1:] if argv is None else argv)}"
     )
     print(
-        f"samples {args.samples} per seed, seeds {args.seeds} (metrics are means over seeds), "
-        f"dtype {args.dtype}, NFE {args.nfe}\n"
+        f"headline {args.samples} samples, search {args.search_samples} samples, seed "
+        f"{args.seed}, float64, NFE {args.nfe}, samplers {', '.join(args.samplers)}\n"
     )
-    schedule = LinearSchedule(1000, 1e-4, 0.02)
-    mixtures = make_mixtures()
-    results: dict[str, Any] = {"machine": info, "args": vars(args) | {"json": str(args.json)}}
+    search_schedules = list(args.schedules) + ([] if args.no_edm_search else ["edm"])
+    results: dict[str, Any] = {
+        "machine": info,
+        "args": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "reused"
+        },
+        "floors": {},
+        "ode_limit": {},
+        "search": [],
+        "headline": [],
+    }
     started = time.perf_counter()
-    for name in args.mixtures:
-        mixture = mixtures[name]
-        floor, rows = evaluate_mixture(mixture, schedule, args, dtype, use_diffusers)
-        results[name] = {"floor": floor, "rows": rows}
-        print_tables(name, mixture, floor, rows, args.nfe, args.families, use_diffusers)
+    for law in args.laws:
+        mixture = make_mixture(law)
+        oracle = BatchSigmaOracle(mixture)
+        search_score = MixtureScore(mixture, args.search_samples)
+        score = (
+            search_score
+            if args.samples == args.search_samples
+            else MixtureScore(mixture, args.samples)
+        )
+        results["floors"][law] = score.floor(args.floor_repeats)
+        for schedule_name in search_schedules:
+            for nfe in args.nfe:
+                tick = time.perf_counter()
+                search = search_cell(law, schedule_name, nfe, oracle, search_score, args)
+                results["search"] += search
+                if schedule_name in args.schedules:
+                    results["headline"] += headline_cell(
+                        law, schedule_name, nfe, oracle, score, search, args
+                    )
+                print(
+                    f"{law} {schedule_name} NFE {nfe}: {len(search)} search runs, "
+                    f"{time.perf_counter() - tick:.0f} s",
+                    flush=True,
+                )
+                if args.json:  # a checkpoint: a long run that is stopped keeps its cells
+                    args.json.write_text(json.dumps(results, indent=1, default=str))
+            if schedule_name in args.schedules and "heun" in SAMPLERS:
+                limit = ode_limit(schedule_name, oracle, score, args.seed)
+                results["ode_limit"][f"{law} {schedule_name}"] = limit
     results["seconds"] = time.perf_counter() - started
-    print(f"total {results['seconds']:.1f} s")
+    print_report(results, args)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0
 
 
-def pick(rows: list[dict[str, Any]], side: str, family: str, nfe: int, default: bool | None):
-    chosen = [
-        r
-        for r in rows
-        if r["side"] == side
-        and r["family"] == family
-        and r["nfe_target"] == nfe
-        and (default is None or r["default"] == default)
-    ]
-    return chosen
-
-
-def print_tables(
-    name: str,
-    mixture: GaussianMixture,
-    floor: dict[str, float],
-    rows: list[dict[str, Any]],
-    nfes: list[int],
-    families: list[str],
-    use_diffusers: bool,
-) -> None:
-    w1_kind = "W1 (exact CDF)" if mixture.dim == 1 else "sliced W1 (256 directions)"
-    print(f"## {name}: {w1_kind} and per-mode mass error")
-    print(
-        f"statistical floor (exact samples of the same size, mean +- std over seeds): "
-        f"W1 {floor['w1_mean']:.4f} +- {floor['w1_std']:.4f}, "
-        f"mass error {floor['mass_err_mean']:.4f} +- {floor['mass_err_std']:.4f}"
-    )
-    print(
-        f"ODE limit for the same noise draws (difforge heun, {2 * ODE_LIMIT_STEPS - 1} NFE, "
-        f"float64; the floor of the deterministic samplers here): W1 {floor['ode_limit_w1']:.4f}, "
-        f"mass error {floor['ode_limit_mass_err']:.4f}\n"
-    )
-    for metric, label in (("w1", "W1"), ("mass_err", "mode-mass error")):
-        header = "| sampler | side (config) | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
-        print(f"### {name} {label}\n")
-        print(header)
-        print("|" + " --- |" * (len(nfes) + 2))
-        for family in families:
-            line_d = [f"| {family} | difforge default |"]
-            line_dt = [f"| {family} | difforge on the trailing grid (not an option yet) |"]
-            line_db = [f"| {family} | difforge best grid |"]
-            line_p = [f"| {family} | diffusers default |"]
-            line_pb = [f"| {family} | diffusers best |"]
-            line_r = [f"| {family} | ratio difforge default / diffusers best |"]
-            for nfe in nfes:
-                dd = pick(rows, "difforge", family, nfe, True)[0]
-                dt = [
-                    r
-                    for r in pick(rows, "difforge", family, nfe, False)
-                    if r["config"] == "trailing"
-                ]
-                db = min(pick(rows, "difforge", family, nfe, None), key=lambda r: r[metric])
-                line_d.append(f" {fmt(dd[metric])} ({dd['nfe']}) |")
-                line_dt.append(f" {fmt(dt[0][metric])} |" if dt else " - |")
-                line_db.append(f" {fmt(db[metric])} ({db['config']}) |")
-                if use_diffusers:
-                    pd = pick(rows, "diffusers", family, nfe, True)[0]
-                    pb = min(pick(rows, "diffusers", family, nfe, None), key=lambda r: r[metric])
-                    line_p.append(f" {fmt(pd[metric])} ({pd['nfe']}) |")
-                    line_pb.append(f" {fmt(pb[metric])} ({pb['config']}) |")
-                    ratio = dd[metric] / pb[metric] if pb[metric] > 0 else math.inf
-                    line_r.append(f" {ratio:.2f} |")
-            print("".join(line_d))
-            print("".join(line_dt))
-            print("".join(line_db))
-            if use_diffusers:
-                print("".join(line_p))
-                print("".join(line_pb))
-                print("".join(line_r))
-        print()
-    if not use_diffusers:
-        return
-    # difforge default against the best diffusers configuration of the same scheduler, and
-    # against the best diffusers scheduler of all at that NFE.
-    tolerance = floor["w1_std"]
-    worse = []
-    for nfe in nfes:
-        peers = [r for r in rows if r["side"] == "diffusers" and r["nfe_target"] == nfe]
-        best_any = min(peers, key=lambda r: r["w1"]) if peers else None
-        for family in families:
-            dd = pick(rows, "difforge", family, nfe, True)[0]
-            pb = min(pick(rows, "diffusers", family, nfe, None), key=lambda r: r["w1"])
-            if dd["w1"] > pb["w1"] + tolerance:
-                worse.append(
-                    f"- NFE {nfe} {family}: difforge {dd['w1']:.4f} ({dd['config']}) > diffusers "
-                    f"{pb['w1']:.4f} ({pb['config']}) by {dd['w1'] - pb['w1']:.4f}"
-                )
-        if best_any is not None:
-            best_ours = min(
-                (
-                    r
-                    for r in rows
-                    if r["side"] == "difforge" and r["nfe_target"] == nfe and r["default"]
-                ),
-                key=lambda r: r["w1"],
-            )
-            print(
-                f"NFE {nfe}: best difforge default {best_ours['family']} W1 {best_ours['w1']:.4f}; "
-                f"best diffusers {best_any['family']} ({best_any['config']}) W1 {best_any['w1']:.4f}"
-            )
-    print(
-        f"\n{name}: difforge default worse than the same scheduler's best diffusers configuration "
-        f"by more than the floor's std ({tolerance:.4f}) in W1:"
-    )
-    print("\n".join(worse) if worse else "- none")
-    print()
+def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\ntotal {results['seconds']:.0f} s\n")
+    print("## Statistical floor (exact samples of the headline size) and ODE limit\n")
+    print("| law | W1 floor (mean +- std) | mass-err floor | schedule | ODE limit W1 | mass err |")
+    print("|" + " --- |" * 6)
+    for key, limit in results["ode_limit"].items():
+        law, schedule = key.split()
+        floor = results["floors"][law]
+        print(
+            f"| {law} | {floor['w1_mean']:.4f} +- {floor['w1_std']:.4f} | "
+            f"{floor['mass_err_mean']:.4f} +- {floor['mass_err_std']:.4f} | {schedule} | "
+            f"{tables.fmt(limit['w1'])} | {tables.fmt(limit['mass_err'])} |"
+        )
+    headline_rows = results["headline"]
+    if any(r["side"] == "diffusers" for r in headline_rows):
+        print("\n## Headline: difforge's best default sampler vs diffusers' best configuration\n")
+        print(tables.headline_table(headline_rows, results["floors"]))
+        print("\n## Each difforge default vs its diffusers counterpart's best (W1)\n")
+        print(tables.counterpart_table(headline_rows))
+    else:
+        print("\n## difforge defaults (W1)\n")
+        print(tables.counterpart_table(headline_rows))
+    kinds = {
+        kind: [s for s in schedules if s in {r["schedule"] for r in results["search"]}]
+        for kind, schedules in KINDS.items()
+    }
+    kinds = {kind: schedules for kind, schedules in kinds.items() if schedules}
+    samplers = dict.fromkeys(r["family"] for r in results["search"] if r["side"] == "difforge")
+    current = {
+        (sampler, kind): ours.explicit_default(sampler, SCHEDULES[schedules[0]]()).label
+        for sampler in samplers
+        for kind, schedules in kinds.items()
+    }
+    print("\n## Grid choice: each sampler's configurations, ranked per schedule kind (search)\n")
+    print(tables.grid_choice_table(results["search"], kinds, current))
+    failed = [r for r in results["search"] if "error" in r]
+    if failed:
+        print(f"\n{len(failed)} search runs failed (scored inf), e.g.:")
+        for r in failed[:5]:
+            print(f"- {r['side']} {r['family']} {r['config']} ({r['schedule']}): {r['error']}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from difforge.cli.evaluate import seeds_flag_to_override
+    from difforge.cli.overrides import check_overrides, seeds_flag_to_override
 
     sys.argv = seeds_flag_to_override(sys.argv)
+    check_overrides(str(Path(__file__).resolve().parents[1] / "configs"), "eval", sys.argv[1:])
     main()

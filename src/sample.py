@@ -1,6 +1,7 @@
 """Draw samples: ``python src/sample.py ckpt_path=CKPT sampler=NAME sampler.steps=N num_samples=M``."""
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -18,4 +19,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from difforge.cli.overrides import check_overrides
+
+    check_overrides(str(Path(__file__).resolve().parents[1] / "configs"), "sample", sys.argv[1:])
     main()

@@ -1,6 +1,7 @@
 """Train a diffusion model: ``python src/train.py [group=option ...] [key=value ...]``."""
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -18,4 +19,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from difforge.cli.overrides import check_overrides
+
+    check_overrides(str(Path(__file__).resolve().parents[1] / "configs"), "train", sys.argv[1:])
     main()

@@ -10,6 +10,7 @@ with Hydra's ``--cfg job`` instead of run: their configs must still exist and fi
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -106,8 +107,6 @@ def places(tmp_path_factory) -> dict[str, str]:
 
 def run_documented(arguments: list[str], compose_only: bool) -> subprocess.CompletedProcess:
     script, rest = arguments[0], arguments[1:]
-    if script.startswith("src/") and "-m" in rest and not compose_only:
-        rest = [*rest, f"hydra.sweep.dir={PLACES_SWEEP[0]}"]
     if compose_only:
         rest = [a for a in rest if a != "-m"] + ["--cfg", "job"]
     return subprocess.run(
@@ -116,18 +115,14 @@ def run_documented(arguments: list[str], compose_only: bool) -> subprocess.Compl
         capture_output=True,
         text=True,
         timeout=900,
-        env={**__import__("os").environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"},
     )
-
-
-PLACES_SWEEP: list[str] = []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_documented_command_runs(command, places):
     arguments = runnable(command, places)
-    PLACES_SWEEP[:] = [places["SWEEP"]]
     compose_only = any(u in command for u in UNRUNNABLE) or command.startswith(
         tuple(f"python {prefix}" for prefix in LESSONS)
     )

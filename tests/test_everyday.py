@@ -97,6 +97,11 @@ ORACLE = ("model=gmm_oracle", "data=gmm1d", "num_samples=10")
             ["nll.ode_steps=10 applies to nll.method=ode"],
         ),
         (
+            "eval",
+            (*ORACLE, "metrics.inception_weights=/x.pth", "nll.enabled=false"),
+            ["metrics.inception_weights is for FID of images"],
+        ),
+        (
             "train",
             (*QUICK_TRAIN, "module.class_dropout=0.2"),
             ["module.class_dropout=0.2 needs a class-conditional model"],
@@ -307,3 +312,24 @@ def test_a_basic_multirun_is_guarded_on_the_resolved_device_count(devices, tmp_p
         assert_clean_error(result, "re-launch the whole sweep", "(2 processes per run)")
     else:
         assert_ok(result)
+
+
+def test_guidance_on_an_unconditional_checkpoint_is_refused(tmp_path):
+    """Before: ``guidance_scale=3`` on an unconditional checkpoint was silently ignored."""
+    assert_ok(
+        run_cli(
+            "train",
+            *GMM_QUICK,
+            "experiment=gmm1d",
+            "trainer.max_steps=2",
+            "model.hidden_dim=16",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    result = run_cli(
+        "sample",
+        f"ckpt_path={tmp_path}/checkpoints/last.ckpt",
+        "guidance_scale=3",
+        f"hydra.run.dir={tmp_path / 'sample'}",
+    )
+    assert_clean_error(result, "guidance_scale=3 needs a class-conditional model")

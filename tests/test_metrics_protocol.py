@@ -386,7 +386,7 @@ def test_dinov2_file_errors_are_one_line(tmp_path):
 
 
 def test_seeds_flag_becomes_a_hydra_override():
-    from difforge.cli.evaluate import seeds_flag_to_override
+    from difforge.cli.overrides import seeds_flag_to_override
 
     assert seeds_flag_to_override(["eval.py", "a=1", "--seeds", "3", "b=2"]) == [
         "eval.py",

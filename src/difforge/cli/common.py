@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +46,7 @@ def run_command(command: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run ``command(cfg)``; an error caused by bad input becomes ``error: <message>`` and exit 1,
     after the full traceback with ``traceback=true``. Bugs, and every error under
     ``HYDRA_FULL_ERROR=1``, propagate with their traceback."""
+    quiet_third_party()
     try:
         return command(cfg)
     except Exception as error:
@@ -57,9 +59,90 @@ def run_command(command: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         sys.exit(1)
 
 
+# Dependencies' warnings that say nothing to a difforge user, by exact message and category:
+# torchdata calls a deprecated torch function; Lightning's pytree helper uses torch's deprecated
+# LeafSpec; difforge's module moves batches itself (transfer_batch_to_device) and keeps its EMA
+# copies in eval mode on purpose. difforge's own warnings are never filtered here.
+THIRD_PARTY_WARNINGS = (
+    (r"'set_vital' is deprecated", UserWarning),
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"You have overridden `transfer_batch_to_device` in `LightningModule`", UserWarning),
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
+)
+# Lightning's advertisements, logged at INFO on every run.
+LIGHTNING_TIP = "💡 Tip:"
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_TIP)
+
+
+_DROP_LIGHTNING_TIPS = _DropLightningTips()
+
+
+def quiet_third_party() -> None:
+    """Each message once and no dependency noise: filter ``THIRD_PARTY_WARNINGS`` and Lightning's
+    tips, and drop the console handler Lightning adds to its ``lightning`` logger (its records
+    also reach the root logger, which Hydra prints and writes to the run's log file, so every
+    line appeared twice). Idempotent; call again after a lazy ``import lightning``."""
+    for message, category in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_LIGHTNING_TIPS)
+    lightning = logging.getLogger("lightning")
+    if logging.getLogger().handlers and lightning.propagate:
+        for handler in list(lightning.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning.removeHandler(handler)
+
+
+# Config groups left out of the one-line summary: the same in every run.
+PLUMBING_GROUPS = ("hydra", "paths", "local")
+
+
 def print_config(cfg: DictConfig) -> None:
+    """Save the resolved config as a tree to ``<run dir>/config_tree.log`` (the plain YAML is
+    Hydra's ``.hydra/config.yaml``); print the tree with ``print_config=true``, else one line with
+    the config group choices."""
+    from hydra.core.hydra_config import HydraConfig
+
+    tree = config_tree(cfg)
+    if HydraConfig.initialized():
+        from rich.console import Console
+
+        with open(output_dir() / "config_tree.log", "w") as file:
+            Console(file=file, width=100, color_system=None).print(tree)
+        # Hydra records the choices last default first.
+        choices = " ".join(
+            f"{group}={choice}"
+            for group, choice in reversed(HydraConfig.get().runtime.choices.items())
+            if group not in PLUMBING_GROUPS
+            and not group.startswith("hydra/")
+            and choice is not None
+        )
+        log.info("config: %s (full config: %s)", choices, output_dir() / "config_tree.log")
     if cfg.get("print_config", False):
-        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        from rich import print as rich_print
+
+        rich_print(tree)
+
+
+def config_tree(cfg: DictConfig) -> Any:
+    """The resolved config as a ``rich`` tree: the top-level settings, then one branch per
+    section."""
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    settings = {k: v for k, v in cfg.items() if not isinstance(v, DictConfig)}
+    if settings:
+        tree.add("settings").add(
+            Syntax(OmegaConf.to_yaml(OmegaConf.create(settings), resolve=True), "yaml")
+        )
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            tree.add(str(key)).add(Syntax(OmegaConf.to_yaml(value, resolve=True), "yaml"))
+    return tree
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:

@@ -71,21 +71,6 @@ def likelihood_metrics(
     return {"nll_bpd_ode": float(bits_per_dim(log_prob, num_dims, 8 if is_image else None).mean())}
 
 
-def seeds_flag_to_override(argv: list[str]) -> list[str]:
-    """``--seeds N`` (or ``--seeds=N``) -> the Hydra override ``seeds=N``, so that EDM's protocol
-    reads as ``python src/eval.py ... --seeds 3``."""
-    out: list[str] = []
-    values = iter(argv)
-    for arg in values:
-        if arg == "--seeds":
-            out.append(f"seeds={next(values, '')}")
-        elif arg.startswith("--seeds="):
-            out.append(f"seeds={arg.split('=', 1)[1]}")
-        else:
-            out.append(arg)
-    return out
-
-
 PROTOCOL_ONLY = ("metrics.dinov2_weights", "metrics.dinov2_ref", "metrics.precision_recall")
 
 
@@ -132,6 +117,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             # A mixture's labels are its component indices: one class is one component.
             k = int(cfg.class_label)
             mixture = GaussianMixture([1.0], mixture.means[k : k + 1], mixture.stds[k : k + 1])
+    if OmegaConf.select(cfg, "metrics.inception_weights") and result.samples.ndim != 4:
+        raise DifforgeError(
+            "metrics.inception_weights is for FID of images; these samples are vectors (no FID)"
+        )
     if mixture is not None:
         metrics.update(mixture_metrics(result.samples, mixture, seed=cfg.seed))
     if isinstance(model, DiffusionModule):

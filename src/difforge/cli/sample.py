@@ -139,6 +139,11 @@ def load_model(
     module, train_cfg = module_from_checkpoint(cfg.ckpt_path)
     module.sampler = sampler
     if cfg.get("guidance_scale") is not None:
+        if module.num_classes == 0:
+            raise DifforgeError(
+                f"guidance_scale={cfg.guidance_scale} needs a class-conditional model; "
+                f"{cfg.ckpt_path} is unconditional (model.num_classes=0)"
+            )
         module.guidance_scale = float(cfg.guidance_scale)
     module.to(device)
     return module, known_mixture(train_cfg.data), train_cfg

@@ -24,7 +24,8 @@ def check_guidance(num_classes: int, guidance_scale: float) -> None:
     if num_classes == 0 and guidance_scale != 1.0:
         raise ValueError(
             f"guidance_scale={guidance_scale} needs a class-conditional model; this model is unconditional "
-            "(set guidance_scale=1.0 or train with model.num_classes > 0)"
+            "(set guidance_scale=1.0, or train with model.num_classes=<the data's number of classes>: "
+            "README, 'Class-conditional models and classifier-free guidance')"
         )
 
 

@@ -86,7 +86,8 @@ def class_dropout_for(module_cfg: DictConfig, num_classes: int) -> float:
         return DEFAULT_CLASS_DROPOUT if num_classes else 0.0
     if num_classes == 0:
         raise ValueError(
-            f"module.class_dropout={value} needs a class-conditional model (model.num_classes > 0); "
+            f"module.class_dropout={value} needs a class-conditional model "
+            "(model.num_classes=<the data's number of classes>); "
             "leave it null for an unconditional one"
         )
     return float(value)

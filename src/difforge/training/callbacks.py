@@ -97,7 +97,9 @@ class FinalCheckpoint(Callback):
         self._saved_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.dirpath / "last.ckpt")
+        # A full checkpoint (optimizer, loops) to resume from; said explicitly, else Lightning
+        # logs that it defaults weights_only to False.
+        trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(

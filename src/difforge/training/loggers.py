@@ -53,14 +53,19 @@ def wandb_logger(
     if offline is None:
         offline = wandb_should_be_offline()
     if offline:
+        import wandb
+
         kwargs.setdefault("mode", "offline")
+        # The line below already says where the run goes and how to upload it: wandb's own
+        # offline banners (start and end of every run) would repeat it.
+        kwargs.setdefault("settings", wandb.Settings(silent=True))
         log.info(
             "W&B runs offline into %s/wandb (no WANDB_API_KEY or WANDB_MODE=online); upload "
             "later with: wandb sync %s/wandb/offline-run-*",
             save_dir,
             save_dir,
         )
-    return WandbLogger(
+    logger = WandbLogger(
         name=name,
         save_dir=str(save_dir),
         project=project,
@@ -68,3 +73,8 @@ def wandb_logger(
         offline=bool(offline),
         **kwargs,
     )
+    # Lightning always passes anonymous=None to wandb.init, which wandb >= 0.19 answers with a
+    # deprecation warning on every run; None is wandb's default, so leaving it out changes nothing.
+    if logger._wandb_init.get("anonymous", 0) is None:
+        del logger._wandb_init["anonymous"]
+    return logger

@@ -127,14 +127,10 @@ class DiffusionModule(L.LightningModule):
         self.class_dropout = class_dropout
         self.guidance_scale = guidance_scale
         check_guidance(self.num_classes, guidance_scale)
-        # Non-finite samples are masked out (weight 0) before the update, so the metrics need
-        # no NaN check of their own (which reads a flag back from the device at every update).
-        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss = MeanMetric()
-        self.quartile_losses = nn.ModuleList(
-            MeanMetric(nan_strategy="disable") for _ in range(NUM_NOISE_QUARTILES)
-        )
-        self._quartile_metrics: list[MeanMetric] = list(self.quartile_losses)  # type: ignore[arg-type]
+        # Per noise quartile: sum of finite per-sample losses and their count, this epoch (on
+        # the device; one index_add_ each per step, read once per epoch).
+        self._quartile_sums: Tensor | None = None
         self._train_forward = (
             torch.compile(self._loss_per_sample) if compile else self._loss_per_sample
         )
@@ -184,28 +180,30 @@ class DiffusionModule(L.LightningModule):
         noise = torch.randn_like(x0)
         per_sample = self._train_forward(self.denoiser, x0, sigma, noise, self._training_labels(y))
         # A non-finite loss is flagged on the device; the optimizer skips the step there.
-        finite = self._nonfinite.note_loss(per_sample, sigma).to(per_sample.dtype)
-        values = torch.where(finite > 0, per_sample.detach(), 0.0)
-        self.train_loss(values, finite)
+        finite = self._nonfinite.note_loss(per_sample, sigma).to(torch.float32)
+        values = torch.where(finite > 0, per_sample.detach().float(), 0.0)
         quartile = (
             (self.noise_law.quantile(self.schedule, sigma) * NUM_NOISE_QUARTILES)
             .long()
             .clamp(0, NUM_NOISE_QUARTILES - 1)
         )
-        for k, metric in enumerate(self._quartile_metrics):
-            mask = (quartile == k).to(per_sample.dtype) * finite
-            # Weight 0 where the sample is in another quartile.
-            metric.update(values * mask, mask)
-        batch_size = x0.shape[0]
-        self.log(
-            "train/loss",
-            self.train_loss,
-            on_step=True,
-            on_epoch=False,
-            prog_bar=True,
-            batch_size=batch_size,
-        )
+        if self._quartile_sums is None or self._quartile_sums.device != values.device:
+            self._quartile_sums = values.new_zeros(2, NUM_NOISE_QUARTILES)
+        self._quartile_sums[0].index_add_(0, quartile, values)
+        self._quartile_sums[1].index_add_(0, quartile, finite)
+        # Loggers write only every log_every_n_steps: log (and build the progress bar's value)
+        # only then, the step's mean loss over its finite samples.
         if (self.global_step + 1) % self._log_every_n_steps() == 0:
+            batch_size = x0.shape[0]
+            loss = values.sum() / finite.sum().clamp(min=1)
+            self.log(
+                "train/loss",
+                loss,
+                on_step=True,
+                on_epoch=False,
+                prog_bar=True,
+                batch_size=batch_size,
+            )
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=batch_size)
         return per_sample.mean()
@@ -214,10 +212,14 @@ class DiffusionModule(L.LightningModule):
         return int(getattr(self.trainer, "log_every_n_steps", 50))
 
     def on_train_epoch_end(self) -> None:
-        # Epoch-level quartile losses: updated every step, logged once here.
-        for k, metric in enumerate(self._quartile_metrics):
-            self.log(f"train/loss_q{k + 1}", metric.compute(), on_step=False, on_epoch=True)
-            metric.reset()
+        # Epoch-level quartile losses: accumulated every step, logged once here.
+        if self._quartile_sums is not None:
+            sums = self._quartile_sums
+            if self.trainer.world_size > 1:
+                sums = cast(Tensor, self.trainer.strategy.reduce(sums, reduce_op="sum"))
+            means = sums[0] / sums[1]  # NaN for a quartile without samples this epoch
+            for k in range(NUM_NOISE_QUARTILES):
+                self.log(f"train/loss_q{k + 1}", means[k], on_step=False, on_epoch=True)
         self._report_nonfinite()
 
     def _nonfinite_message(self, bad: NonfiniteStep) -> str:
@@ -335,9 +337,8 @@ class DiffusionModule(L.LightningModule):
                 )
 
     def on_train_epoch_start(self) -> None:
-        # Epoch-level metrics restart each epoch (and get fresh state under ddp_spawn).
-        for metric in self._quartile_metrics:
-            metric.reset()
+        # Epoch-level sums restart each epoch.
+        self._quartile_sums = None
 
     def on_validation_start(self) -> None:
         # Validation and the callbacks that sample at its end (FID, grids) must not move the RNG

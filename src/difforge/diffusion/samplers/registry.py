@@ -53,8 +53,9 @@ class SamplerSpec:
             solvers' ``eta``, EDM's ``S_churn``), with the default of the solver's signature.
         evals_per_step: network evaluations per step; a step to sigma = 0 needs one only.
         check: raises ValueError for bad option values (names are checked from ``fn``).
-        default_grids: default grid per kind of schedule (``discrete``, ``continuous``),
-            chosen by ``scripts/bench_samplers.py`` (docs/benchmarks.md, section 3).
+        default_grids: default grid per kind of schedule (``discrete``, ``continuous``), the
+            best measured at 5-20 NFE by ``scripts/bench_samplers.py`` (docs/benchmarks.md,
+            section 3, "grid choice").
     """
 
     name: str
@@ -123,15 +124,22 @@ SAMPLERS: dict[str, SamplerSpec] = {
             2,
             noise_options=("S_churn",),
             check=check_churn,
-            default_grids={"discrete": "karras", "continuous": "karras"},
+            default_grids={"discrete": "leading", "continuous": "karras"},
         ),
-        SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, "DPM-Solver++(2M) (Lu et al. 2022)"),
+        SamplerSpec(
+            "dpmpp_2m",
+            sample_dpmpp_2m,
+            False,
+            "DPM-Solver++(2M) (Lu et al. 2022)",
+            default_grids={"discrete": "trailing", "continuous": "log_snr"},
+        ),
         SamplerSpec(
             "dpmpp_3m",
             sample_dpmpp_3m,
             False,
             "DPM-Solver++(3M) (Lu et al. 2022)",
             check=check_dpmpp_3m_options,
+            default_grids={"discrete": "trailing", "continuous": "log_snr"},
         ),
         SamplerSpec(
             "dpmpp_2m_sde",
@@ -140,6 +148,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "SDE-DPM-Solver++(2M), eta",
             noise_options=("eta",),
             check=check_dpmpp_2m_sde_options,
+            default_grids={"discrete": "trailing", "continuous": "log_snr"},
         ),
         SamplerSpec(
             "dpmpp_3m_sde",
@@ -148,6 +157,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "SDE-DPM-Solver++(3M), eta",
             noise_options=("eta",),
             check=check_dpmpp_3m_sde_options,
+            default_grids={"discrete": "trailing", "continuous": "log_snr"},
         ),
         SamplerSpec(
             "euler_ancestral",
@@ -165,6 +175,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             2,
             noise_options=("eta",),
             check=check_dpmpp_2s_ancestral_options,
+            default_grids={"discrete": "trailing", "continuous": "polynomial"},
         ),
         SamplerSpec(
             "unipc",
@@ -172,6 +183,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             False,
             "UniPC (Zhao et al. 2023), bh1/bh2, order 1-3",
             check=check_unipc_options,
+            default_grids={"discrete": "trailing", "continuous": "log_snr"},
         ),
         SamplerSpec(
             "deis",

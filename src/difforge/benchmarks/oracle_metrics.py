@@ -1,0 +1,114 @@
+"""The benchmark's two laws and its metrics: W1 and the per-mode mass error.
+
+- ``gmm1d``: weights 0.2/0.5/0.3, means -3/0/3, stds 0.5 (``configs/data/gmm1d.yaml``).
+- ``gmm2d``: 8 equal Gaussians of std 0.3 on a ring of radius 4 (``configs/data/gmm2d.yaml``).
+
+W1 is exact against the mixture's CDF in 1-D (``wasserstein1_1d``); in 2-D it is the sliced W1
+(256 directions) against a fixed exact reference sample of the same size, computed as
+``difforge.metrics.mixture.sliced_wasserstein1(samples, reference, 256, seed=0)`` with the
+reference's sorted projections cached. The mode-mass error is ``max_k |mass_k - true_mass_k|``
+(Bayes-classifier assignment, ``difforge.metrics.mixture.mode_mass``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
+from difforge.metrics.mixture import mode_mass, true_mode_mass, wasserstein1_1d
+
+SLICED_DIRECTIONS = 256
+MIXTURES = ("gmm1d", "gmm2d")
+
+
+def make_mixture(name: str) -> GaussianMixture:
+    """``gmm1d`` or ``gmm2d`` (module docstring); ValueError for any other name."""
+    if name == "gmm1d":
+        return GaussianMixture([0.2, 0.5, 0.3], [-3.0, 0.0, 3.0], [0.5, 0.5, 0.5])
+    if name == "gmm2d":
+        angle = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
+        ring = 4.0 * torch.stack([angle.cos(), angle.sin()], dim=1)  # = data.toys.mixture_layout
+        return GaussianMixture(torch.ones(8), ring, torch.full((8,), 0.3))
+    raise ValueError(f"unknown benchmark mixture {name!r}; allowed: {', '.join(MIXTURES)}")
+
+
+class BatchSigmaOracle(GaussianMixtureOracle):
+    """The oracle, computing the per-component variances once when the whole batch shares one
+    finite sigma (every sampler's call): the same values as ``GaussianMixtureOracle``, about
+    twice as fast."""
+
+    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+        if sigma.numel() > 1 and bool(sigma[0].isfinite()) and bool((sigma == sigma[0]).all()):
+            return self.mixture.denoise(x, sigma[:1])
+        return super().forward(x, sigma, class_labels)
+
+
+class MixtureScore:
+    """W1 (sliced in 2-D) and mode-mass error of ``(N, D)`` samples against one mixture.
+
+    Args:
+        mixture: the law.
+        num_samples: N; the 2-D reference sample has this size (the sliced W1 of two samples
+            of N has a floor of order N^-1/2, so both sides must use the same N).
+        reference_seed: seed of the exact reference sample (2-D).
+    """
+
+    def __init__(
+        self, mixture: GaussianMixture, num_samples: int, reference_seed: int = 10_000
+    ) -> None:
+        self.mixture = mixture
+        self.num_samples = num_samples
+        self.true_mass = true_mode_mass(mixture, num_samples=1_000_000, seed=0)
+        self.directions: Tensor | None = None
+        self.reference_sorted: Tensor | None = None
+        if mixture.dim > 1:
+            reference, _ = mixture.sample(
+                num_samples, torch.Generator().manual_seed(reference_seed)
+            )
+            directions = torch.randn(
+                mixture.dim,
+                SLICED_DIRECTIONS,
+                generator=torch.Generator().manual_seed(0),
+                dtype=torch.float64,
+            )
+            self.directions = directions / directions.norm(dim=0, keepdim=True)
+            self.reference_sorted = self._sorted_projections(reference)
+
+    def _sorted_projections(self, x: Tensor) -> Tensor:
+        assert self.directions is not None
+        projections = (x.to(torch.float64) @ self.directions).T.contiguous()
+        return torch.from_numpy(np.sort(projections.numpy(), axis=1))  # 2x torch's CPU sort
+
+    def __call__(self, samples: Tensor) -> dict[str, float]:
+        """``{"w1", "mass_err"}``; both inf when a sample is not finite."""
+        samples = samples.reshape(samples.shape[0], -1).to(torch.float64).cpu()
+        if samples.shape[0] != self.num_samples:
+            raise ValueError(f"expected {self.num_samples} samples, got {samples.shape[0]}")
+        if not torch.isfinite(samples).all():
+            return {"w1": math.inf, "mass_err": math.inf}
+        if self.reference_sorted is None:
+            w1 = wasserstein1_1d(samples, self.mixture)
+        else:
+            w1 = float((self._sorted_projections(samples) - self.reference_sorted).abs().mean())
+        mass_err = float((mode_mass(samples, self.mixture) - self.true_mass).abs().max())
+        return {"w1": w1, "mass_err": mass_err}
+
+    def floor(self, repeats: int = 5, seed: int = 1000) -> dict[str, float]:
+        """The metrics of exact samples of the same size (mean and std over ``repeats`` draws):
+        the error of a perfect sampler."""
+        runs = [
+            self(self.mixture.sample(self.num_samples, torch.Generator().manual_seed(seed + r))[0])
+            for r in range(repeats)
+        ]
+        out = {}
+        for key in ("w1", "mass_err"):
+            values = [run[key] for run in runs]
+            out[f"{key}_mean"] = statistics.fmean(values)
+            out[f"{key}_std"] = statistics.stdev(values) if repeats > 1 else 0.0
+        return out
