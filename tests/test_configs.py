@@ -63,13 +63,14 @@ def test_image_data_and_model_presets_build_a_module(data, model):
     assert (cfg.data.channels, cfg.data.image_size) == (channels, size)
     module = build_module(cfg, (channels, size, size))
     assert module.data_shape == (channels, size, size)
-    assert datamodule is not None
+    assert datamodule.config_name == data  # the name features and caches key the data by
 
 
 @pytest.mark.parametrize("data", ["gmm1d", "gmm2d", "moons", "swiss_roll"])
 def test_vector_data_with_the_mlp(data):
     cfg = compose_train(f"data={data}", "model=mlp")
     datamodule = instantiate(cfg.data)
+    assert datamodule.config_name == data
     datamodule.setup("fit")
     module = build_module(cfg, tuple(datamodule.data_shape))
     x, _ = next(iter(datamodule.train_dataloader()))

@@ -1,4 +1,4 @@
-"""The lessons (difforge.lessons and scripts/lesson_*.py, scripts/nfe_sweep.py): exact densities,
+"""The lessons (difforge.lessons, run by scripts/lesson_*.py and scripts/nfe_sweep.py): exact densities,
 mode counts and merge times, trajectories, collapse metrics, the NFE sweep, and the figures."""
 
 from __future__ import annotations
@@ -118,6 +118,30 @@ def test_trajectories_ode_never_cross_sde_do(oracle1d: GaussianMixtureOracle) ->
     assert crossings(ode) == 0
     sde = record_trajectories(oracle1d, LINEAR, Sampler("ddpm", 20), 300, seed=1)
     assert crossings(sde) > 100
+
+
+@pytest.mark.parametrize(
+    "sampler,kind",
+    [
+        (Sampler("ddpm", 10), "SDE"),
+        (Sampler("euler", 10, S_churn=40.0), "SDE"),
+        (Sampler("ddim", 10), "ODE"),
+        (Sampler("heun", 5), "ODE"),
+    ],
+    ids=lambda v: getattr(v, "algorithm", v),
+)
+def test_reverse_flow_panel(oracle1d: GaussianMixtureOracle, sampler: Sampler, kind: str) -> None:
+    """A panel of lesson 2: the sampler's kind from the registry, paths that cross only under
+    the SDE."""
+    from omegaconf import OmegaConf
+
+    from difforge.lessons.reverse_flow import paths_panel
+
+    cfg = OmegaConf.create({"num_samples": 300, "seed": 1, "num_paths": 12})
+    panel, entry = paths_panel(oracle1d, LINEAR, sampler, oracle1d.mixture, torch.float64, cfg)
+    assert entry["kind"] == kind and panel["short"] == f"{sampler.algorithm} ({kind})"
+    assert panel["x"].shape == (sampler.steps + 1, 12) and panel["samples"].shape == (300,)
+    assert (entry["order_swaps_among_500"] > 0) == (kind == "SDE")
 
 
 # ------------------------------------------------------------------------------ mode collapse
@@ -292,14 +316,85 @@ def test_mode_blurring_script(tmp_path: Path) -> None:
     assert_png(tmp_path / "mode_blurring_digits.png", plots.image_rows_size(2, 3, cell=1.3))
 
 
-@pytest.mark.parametrize("name", ["mode_blurring", "reverse_flow", "mode_collapse", "nfe_sweep"])
-def test_lesson_configs_compose(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def compose_lesson(name: str, overrides: list[str], monkeypatch: pytest.MonkeyPatch):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "configs" / "lessons"), version_base="1.3"):
-        cfg = compose(name, overrides=["+schedule@extra_schedule=cosine"])
+        return compose(name, overrides=overrides)
+
+
+def test_mode_collapse_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lesson as a library call: each way of losing modes shows, and the fix covers all."""
+    from difforge.lessons import mode_collapse
+
+    cfg = compose_lesson(
+        "mode_collapse",
+        [
+            f"out_dir={tmp_path}",
+            "num_samples=2000",
+            "sampling_steps.algorithms=[ddim]",
+            "sampling_steps.steps=[1,100]",
+            "short_forward.num_timesteps=[20,1000]",
+            "short_forward.max_steps=20",
+            "figure.steps=1",
+            "~training.runs.tiny",
+            "~training.runs.trained",
+            "training.runs.undertrained.steps=5",
+            "training.sampler.steps=5",
+        ],
+        monkeypatch,
+    )
+    results = mode_collapse.run(cfg)
+    one_d = results["gmm1d"]
+    assert one_d["sampling_steps"]["ddim, 1 steps"]["modes_covered"] == 1  # the data mean
+    assert one_d["sampling_steps"]["ddim, 100 steps"]["modes_covered"] == 3
+    short, full = one_d["short_forward"]["T = 20"], one_d["short_forward"]["T = 1000"]
+    # The same betas (unscaled) over 20 steps: q(x_T) keeps the data.
+    unscaled = torch.prod(1 - torch.linspace(1e-4, 0.02, 20, dtype=torch.float64))
+    assert short["abar_T"] == pytest.approx(float(unscaled), rel=1e-9)
+    assert full["abar_T"] < 1e-4
+    assert short["modes_of_q_T"] == 3 and full["modes_of_q_T"] == 1
+    assert results["gmm2d"]["fixed"]["modes_covered"] == results["gmm2d"]["fixed"]["num_modes"]
+    assert set(results["gmm2d"]["training"]) == {"undertrained"}
+    assert (
+        "| exact, ddim, full schedule (fixed) | 3/3 |"
+        in (tmp_path / "mode_collapse.md").read_text()
+    )
+    assert_png(tmp_path / "mode_collapse.png", plots.collapse_size(4))
+    assert_png(tmp_path / "mode_collapse_mass.png", plots.COLLAPSE_MASS_SIZE)
+
+
+def test_nfe_sweep_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lesson 4 as a library call: the smallest NFE under the threshold, second order ahead."""
+    from difforge.lessons import nfe_sweep
+
+    overrides = [
+        f"out_dir={tmp_path}",
+        "algorithms=[ddim,dpmpp_2m]",
+        "num_samples=3000",
+        "steps=[2,8,32]",
+        "threshold=0.1",
+        "max_steps=64",
+        "threshold_seeds=[0,1]",
+        "floor_repeats=2",
+        "sweep2d.steps=[2,8]",
+        "sweep2d.num_samples=2000",
+    ]
+    summary = nfe_sweep.run(compose_lesson("nfe_sweep", overrides, monkeypatch))
+    one_d = summary["gmm1d"]
+    for record in one_d["smallest_nfe_records"].values():
+        assert record["error"] <= 0.1
+    assert one_d["smallest_nfe"]["dpmpp_2m"] < one_d["smallest_nfe"]["ddim"]
+    assert {r["steps"] for r in summary["gmm2d"]["records"]} == {2, 8}
+    assert "| dpmpp_2m |" in (tmp_path / "nfe_sweep.md").read_text()
+    assert_png(tmp_path / "nfe_sweep.png", plots.NFE_SWEEP_SIZE)
+
+
+@pytest.mark.parametrize("name", ["mode_blurring", "reverse_flow", "mode_collapse", "nfe_sweep"])
+def test_lesson_configs_compose(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = compose_lesson(name, ["+schedule@extra_schedule=cosine"], monkeypatch)
     assert cfg.extra_schedule._target_.endswith("CosineSchedule")
     assert "data" in cfg

@@ -145,3 +145,25 @@ def test_a_continuous_schedule_reports_a_small_sigma_max():
 
     with pytest.warns(UserWarning, match=r"schedule edm: abar_T = 0.01 > 0.001"):
         EDMSchedule(sigma_max=float(99**0.5))
+
+
+def test_per_sample_broadcasts_values_and_keeps_masks() -> None:
+    from difforge.diffusion.broadcast import per_sample
+
+    like = torch.zeros(3, 2, 4, dtype=torch.float64)
+    scaled = per_sample(torch.tensor([1.0, 2.0, 3.0]), like) * (like + 1)
+    assert scaled.dtype == torch.float64
+    assert torch.equal(scaled[:, 1, 2], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    mask = per_sample(torch.tensor([True, False, True]), like)
+    assert mask.dtype == torch.bool and mask.shape == (3, 1, 1)
+
+
+def test_require_discrete_names_what_and_the_schedule() -> None:
+    from difforge.diffusion.schedules import EDMSchedule, LinearSchedule, require_discrete
+
+    linear = LinearSchedule()
+    assert require_discrete(linear, "x") is linear
+    with pytest.raises(
+        ValueError, match=r"^loss=hybrid needs a discrete schedule .* got schedule='edm'; use y$"
+    ):
+        require_discrete(EDMSchedule(), "loss=hybrid", "use y")

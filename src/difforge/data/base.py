@@ -273,6 +273,8 @@ class DiffusionDataModule(pl.LightningDataModule):
     """
 
     kind: ClassVar[str]
+    # Its name in configs/data/ (``data=<config_name>``): what caches and classifiers are keyed by.
+    config_name: ClassVar[str]
     # The dataset's name in messages (set with ``native_num_classes``).
     dataset_name: ClassVar[str]
     # The fixed number of classes of a dataset (0: unlabelled), checked against ``num_classes``;

@@ -38,6 +38,8 @@ class DigitsDataModule(ImageDataModule):
         random_flip: random horizontal flip (off by default: flipped digits are not digits).
     """
 
+    config_name = "digits"
+
     dataset_name = "digits"
     native_num_classes = 10
 

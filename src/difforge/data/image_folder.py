@@ -109,6 +109,8 @@ class ImageFolderDataModule(ImageDataModule):
         in_memory: decode all images at setup (``True``) or on the fly (``False``).
     """
 
+    config_name = "image_folder"
+
     def __init__(
         self,
         root: str | os.PathLike,

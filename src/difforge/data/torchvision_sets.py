@@ -245,6 +245,8 @@ class _MNISTLike(TorchvisionDataModule):
 class MNISTDataModule(_MNISTLike):
     """MNIST handwritten digits: 60,000 + 10,000 grayscale 28x28 images, 10 classes."""
 
+    config_name = "mnist"
+
     dataset_name = "MNIST"
     url = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 
@@ -252,12 +254,16 @@ class MNISTDataModule(_MNISTLike):
 class FashionMNISTDataModule(_MNISTLike):
     """Fashion-MNIST clothing: 60,000 + 10,000 grayscale 28x28 images, 10 classes."""
 
+    config_name = "fashion_mnist"
+
     dataset_name = "FashionMNIST"
     url = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
     """CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes; random flip by default."""
+
+    config_name = "cifar10"
 
     dataset_name = "CIFAR10"
     native_channels = 3

@@ -112,6 +112,8 @@ class GaussianMixtureDataModule(VectorDataModule):
             :class:`VectorDataModule`.
     """
 
+    config_name = "gmm1d"
+
     def __init__(
         self,
         batch_size: int = 512,
@@ -193,6 +195,8 @@ class GaussianMixture2dDataModule(GaussianMixtureDataModule):
         dim: must be 2. ``num_classes``: ``num_components`` or 0. The rest: see
             :class:`GaussianMixtureDataModule`.
     """
+
+    config_name = "gmm2d"
 
     def __init__(
         self,
@@ -311,6 +315,8 @@ class MoonsDataModule(_Standardised):
     unlabelled) by default.
     """
 
+    config_name = "moons"
+
     dataset_name = "moons"
     native_num_classes = 2
     default_noise = 0.05
@@ -329,6 +335,8 @@ class SwissRollDataModule(_Standardised):
     Args: see :class:`_Standardised`; ``noise`` 0.5 by default (the raw spiral spans about
     ``[-11, 14]``), ``num_classes`` must be 0.
     """
+
+    config_name = "swiss_roll"
 
     dataset_name = "swiss_roll"
     native_num_classes = 0

@@ -20,26 +20,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from difforge.diffusion.broadcast import per_sample
 from difforge.diffusion.schedules import DiscreteSchedule
-
-
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
-    """Broadcast ``(B,)`` coefficients against ``(B, ...)`` data."""
-    return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def q_step(schedule: DiscreteSchedule, x_prev: Tensor, index: Tensor, noise: Tensor) -> Tensor:
     """One forward step x_{t-1} -> x_t (eq. 2); ``index = t - 1``."""
     alpha = schedule.alphas.to(x_prev.device)[index]
     return (
-        _per_sample(alpha.sqrt(), x_prev) * x_prev + _per_sample((1 - alpha).sqrt(), x_prev) * noise
+        per_sample(alpha.sqrt(), x_prev) * x_prev + per_sample((1 - alpha).sqrt(), x_prev) * noise
     )
 
 
 def q_sample(schedule: DiscreteSchedule, x0: Tensor, index: Tensor, noise: Tensor) -> Tensor:
     """Draw x_t ~ q(x_t | x_0) (eq. 4); ``index = t - 1``."""
     abar = schedule.alphas_cumprod.to(x0.device)[index]
-    return _per_sample(abar.sqrt(), x0) * x0 + _per_sample((1 - abar).sqrt(), x0) * noise
+    return per_sample(abar.sqrt(), x0) * x0 + per_sample((1 - abar).sqrt(), x0) * noise
 
 
 def posterior_coefficients(abar_t: Tensor, abar_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -67,7 +63,7 @@ def q_posterior(
     abar = schedule.alphas_cumprod.to(x0.device)[index]
     abar_prev = previous_alphas_cumprod(schedule).to(x0.device)[index]
     coef_x0, coef_xt, variance = posterior_coefficients(abar, abar_prev)
-    return _per_sample(coef_x0, x0) * x0 + _per_sample(coef_xt, x_t) * x_t, variance
+    return per_sample(coef_x0, x0) * x0 + per_sample(coef_xt, x_t) * x_t, variance
 
 
 def snr(schedule: DiscreteSchedule) -> Tensor:

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from difforge.diffusion.broadcast import per_sample
+
 
 def _as_matrix(values: Sequence[float] | Sequence[Sequence[float]] | Tensor, name: str) -> Tensor:
     tensor = torch.as_tensor(values, dtype=torch.float64)
@@ -131,8 +133,8 @@ class GaussianMixture:
 
     def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """Exact grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma^2."""
-        sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, *([1] * (x.ndim - 1)))
         x64 = x.to(torch.float64)
+        sig = per_sample(torch.as_tensor(sigma, dtype=torch.float64), x64)
         return ((self.denoise(x64, sigma) - x64) / sig**2).to(x.dtype)
 
     def cdf_1d(self, x: Tensor) -> Tensor:
@@ -141,11 +143,6 @@ class GaussianMixture:
             raise ValueError(f"cdf_1d needs a 1-D mixture, this one has dim={self.dim}")
         z = (x.to(torch.float64)[:, None] - self.means[:, 0]) / self.stds[:, 0]
         return (self.weights * 0.5 * (1 + torch.erf(z / math.sqrt(2)))).sum(-1)
-
-    def differential_entropy(self, num_samples: int = 200_000, seed: int = 0) -> float:
-        """Monte-Carlo estimate of H = E[-log p(x_0)] in nats (no closed form for mixtures)."""
-        x, _ = self.sample(num_samples, torch.Generator().manual_seed(seed))
-        return float(-self.log_prob(x).mean())
 
 
 class GaussianMixtureOracle(torch.nn.Module):
@@ -169,4 +166,4 @@ class GaussianMixtureOracle(torch.nn.Module):
         at_infinity = sigma.isinf()
         denoised = self.mixture.denoise(x, torch.where(at_infinity, 1.0, sigma))
         mean = (self.mixture.weights[:, None] * self.mixture.means).sum(0).to(x)
-        return torch.where(at_infinity.reshape(-1, *([1] * (x.ndim - 1))), mean, denoised)
+        return torch.where(per_sample(at_infinity, x), mean, denoised)

@@ -19,15 +19,20 @@ from torch import Tensor, nn
 from difforge.diffusion.parameterization import DenoiserWrapper, NetworkOutput
 
 
+def check_guidance(num_classes: int, guidance_scale: float) -> None:
+    """Raises ValueError if ``guidance_scale != 1`` on an unconditional model (``num_classes = 0``)."""
+    if num_classes == 0 and guidance_scale != 1.0:
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs a class-conditional model; this model is unconditional "
+            "(set guidance_scale=1.0, or train with model.num_classes=<the data's number of classes>: "
+            "README, 'Class-conditional models and classifier-free guidance')"
+        )
+
+
 class ClassifierFreeGuidance(DenoiserWrapper):
     def __init__(self, denoiser: nn.Module, guidance_scale: float) -> None:
         super().__init__(denoiser)
-        if self.num_classes == 0 and guidance_scale != 1.0:
-            raise ValueError(
-                f"guidance_scale={guidance_scale} needs a class-conditional model; this model is unconditional "
-                "(set guidance_scale=1.0, or train with model.num_classes=<the data's number of classes>: "
-                "README, 'Class-conditional models and classifier-free guidance')"
-            )
+        check_guidance(self.num_classes, guidance_scale)
         self.guidance_scale = float(guidance_scale)
 
     @property

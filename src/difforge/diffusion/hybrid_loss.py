@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from difforge.diffusion.broadcast import per_sample
 from difforge.diffusion.likelihood import reverse_step_log_variance, vlb_term
 from difforge.diffusion.losses import mean_over_dims
-from difforge.diffusion.parameterization import Denoiser, _expand
-from difforge.diffusion.schedules import DiscreteSchedule
+from difforge.diffusion.parameterization import Denoiser
+from difforge.diffusion.schedules import require_discrete
 
 
 class HybridLoss(nn.Module):
@@ -45,26 +46,24 @@ class HybridLoss(nn.Module):
         noise: Tensor,
         class_labels: Tensor | None = None,
     ) -> Tensor:
-        schedule = denoiser.schedule
-        if not isinstance(schedule, DiscreteSchedule):
-            raise ValueError(
-                f"loss=hybrid needs a discrete schedule (linear, cosine, sigmoid), got {schedule.name!r}"
-            )
+        schedule = require_discrete(denoiser.schedule, "loss=hybrid")
         if not denoiser.learned_variance:
             raise ValueError("loss=hybrid needs a network with learned_variance=true")
-        x = x0 + _expand(sigma, x0) * noise
+        x = x0 + per_sample(sigma, x0) * noise
         prediction = denoiser.predict(x, sigma, class_labels)
         target = denoiser.parameterization.target(x0, noise, sigma)
         simple = mean_over_dims((prediction.raw.float() - target) ** 2)
 
         index = schedule.sigma_to_index(sigma)
         c_skip, c_out, _ = denoiser.parameterization.coefficients(sigma)
-        frozen_x0 = _expand(c_skip, x) * x + _expand(c_out, x) * prediction.raw.detach().float()
+        frozen_x0 = (
+            per_sample(c_skip, x) * x + per_sample(c_out, x) * prediction.raw.detach().float()
+        )
         assert prediction.variance_value is not None  # learned variance, checked above
         log_var = reverse_step_log_variance(
             schedule, index, x0, "learned", prediction.variance_value.float()
         )
         abar = schedule.alphas_cumprod.to(x0.device)[index]
-        z_t = x * _expand(abar.sqrt(), x)
+        z_t = x * per_sample(abar.sqrt(), x)
         vlb = vlb_term(schedule, x0, z_t, index, frozen_x0, log_var, self.discretized_decoder)
         return simple + self.vlb_weight * schedule.num_timesteps * vlb

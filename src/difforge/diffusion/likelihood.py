@@ -32,8 +32,9 @@ import math
 import torch
 from torch import Tensor
 
+from difforge.diffusion.broadcast import per_sample
 from difforge.diffusion.forward import posterior_coefficients, previous_alphas_cumprod
-from difforge.diffusion.parameterization import Denoiser, _expand
+from difforge.diffusion.parameterization import Denoiser
 from difforge.diffusion.samplers.common import DenoiserFn
 from difforge.diffusion.schedules import DiscreteSchedule
 
@@ -80,7 +81,7 @@ def discretized_gaussian_log_likelihood(
 
 
 def _at(values: Tensor, index: Tensor, like: Tensor) -> Tensor:
-    return _expand(values.to(like.device)[index], like)
+    return per_sample(values.to(like.device)[index], like)
 
 
 def reverse_step_log_variance(
@@ -137,7 +138,7 @@ def vlb_term(
         decoder_nll = -discretized_gaussian_log_likelihood(x0, model_mean, model_log_variance)
     else:
         decoder_nll = -gaussian_log_likelihood(x0, model_mean, model_log_variance)
-    is_decoder_step = (index == 0).reshape(-1, *([1] * (x0.ndim - 1)))
+    is_decoder_step = per_sample(index == 0, x0)
     per_element = torch.where(is_decoder_step, decoder_nll, kl)
     return per_element.reshape(x0.shape[0], -1).mean(1) / LN2
 

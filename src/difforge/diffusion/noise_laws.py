@@ -25,7 +25,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule, flow_sigma, flow_time
+from difforge.diffusion.schedules import (
+    DiscreteSchedule,
+    NoiseSchedule,
+    flow_sigma,
+    flow_time,
+    require_discrete,
+)
 
 
 class NoiseLaw:
@@ -81,12 +87,9 @@ class DiscreteTLaw(NoiseLaw):
 
     @staticmethod
     def _discrete(schedule: NoiseSchedule) -> DiscreteSchedule:
-        if not isinstance(schedule, DiscreteSchedule):
-            raise ValueError(
-                f"noise_law=discrete_t needs a discrete schedule (linear, cosine, sigmoid), got "
-                f"schedule={schedule.name}; use noise_law=uniform_t, logit_normal or log_normal"
-            )
-        return schedule
+        return require_discrete(
+            schedule, "noise_law=discrete_t", "use noise_law=uniform_t, logit_normal or log_normal"
+        )
 
     def sample(
         self,

@@ -43,48 +43,45 @@ from typing import NamedTuple, cast
 import torch
 from torch import Tensor, nn
 
+from difforge.diffusion.broadcast import per_sample
 from difforge.diffusion.schedules import NoiseSchedule
-
-
-def _expand(values: Tensor, like: Tensor) -> Tensor:
-    return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 # Conversions between predictions at noise level sigma, x = x0 + sigma * eps (VE frame).
 def eps_from_x0(x: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:
-    return (x - x0) / _expand(sigma, x)
+    return (x - x0) / per_sample(sigma, x)
 
 
 def x0_from_eps(x: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
-    return x - _expand(sigma, x) * eps
+    return x - per_sample(sigma, x) * eps
 
 
 def v_from_x0_eps(x0: Tensor, eps: Tensor, sigma: Tensor) -> Tensor:
     """v = alpha eps - sigma_vp x0 with alpha = 1/sqrt(1+sigma^2), sigma_vp = sigma alpha
     = 1/sqrt(1 + sigma^-2) (finite at sigma = inf, where v = -x0)."""
-    s = _expand(sigma, x0)
+    s = per_sample(sigma, x0)
     return eps / (1 + s**2).sqrt() - x0 / (1 + s**-2).sqrt()
 
 
 def noisy_input(x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
     """``x = x0 + sigma noise`` (VE frame), ``noise`` itself where ``sigma = inf`` (the module
     docstring's convention for zero terminal SNR)."""
-    s = _expand(sigma, x0)
+    s = per_sample(sigma, x0)
     return torch.where(s.isinf(), noise, x0 + s.nan_to_num(posinf=0.0) * noise)
 
 
 def x0_from_v(x: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
-    s = _expand(sigma, x)
+    s = per_sample(sigma, x)
     return x / (1 + s**2) - s / (1 + s**2).sqrt() * v
 
 
 def score_from_x0(x: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:
     """Tweedie: grad log p_sigma(x) = (E[x0 | x] - x) / sigma^2."""
-    return (x0 - x) / _expand(sigma, x) ** 2
+    return (x0 - x) / per_sample(sigma, x) ** 2
 
 
 def x0_from_score(x: Tensor, score: Tensor, sigma: Tensor) -> Tensor:
-    return x + _expand(sigma, x) ** 2 * score
+    return x + per_sample(sigma, x) ** 2 * score
 
 
 class Parameterization:
@@ -156,7 +153,7 @@ class EDMParameterization(Parameterization):
     def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
         # (x0 - c_skip (x0 + sigma n)) / c_out simplified: (sigma x0 - sd^2 n) / (sd sqrt(sigma^2 + sd^2)),
         # each term divided through so that sigma = inf stays finite.
-        s = _expand(sigma, x0)
+        s = per_sample(sigma, x0)
         sd = self.sigma_data
         return x0 / (sd * (1 + sd**2 * s**-2).sqrt()) - sd * noise / (s**2 + sd**2).sqrt()
 
@@ -260,9 +257,9 @@ class Denoiser(nn.Module):
     ) -> NetworkOutput:
         sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
         c_skip, c_out, c_in = self.parameterization.coefficients(sigma)
-        net_input, skip = _expand(c_in, x) * x, _expand(c_skip, x) * x
+        net_input, skip = per_sample(c_in, x) * x, per_sample(c_skip, x) * x
         if self.zero_terminal_snr:
-            at_infinity = sigma.isinf().reshape(-1, *([1] * (x.ndim - 1)))
+            at_infinity = per_sample(sigma.isinf(), x)
             net_input = torch.where(at_infinity, x, net_input)
             skip_limit = self.parameterization.skip_at_infinity * x  # type: ignore[operator]
             skip = torch.where(at_infinity, skip_limit, skip)
@@ -270,7 +267,7 @@ class Denoiser(nn.Module):
         variance_value = None
         if self.learned_variance:
             out, variance_value = out.chunk(2, dim=1)
-        x0 = skip + _expand(c_out, x) * out.to(x.dtype)
+        x0 = skip + per_sample(c_out, x) * out.to(x.dtype)
         return NetworkOutput(x0, out, variance_value)
 
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:

@@ -477,13 +477,16 @@ class RectifiedFlowSchedule(NoiseSchedule):
         return f"RectifiedFlowSchedule(shift={self.shift:g}, t_min={self.t_min:g}, t_max={self.t_max:g})"
 
 
-SCHEDULES: dict[str, type[NoiseSchedule]] = {
-    cls.name: cls
-    for cls in (
-        LinearSchedule,
-        CosineSchedule,
-        SigmoidSchedule,
-        EDMSchedule,
-        RectifiedFlowSchedule,
-    )
-}
+def require_discrete(schedule: NoiseSchedule, what: str, instead: str = "") -> DiscreteSchedule:
+    """``schedule`` itself if it has a timestep table (alphas_cumprod), for ``what`` needs one.
+
+    Raises:
+        ValueError: one line naming ``what``, the schedule given and ``instead`` (what to use).
+    """
+    if not isinstance(schedule, DiscreteSchedule):
+        hint = f"; {instead}" if instead else ""
+        raise ValueError(
+            f"{what} needs a discrete schedule (linear, cosine, sigmoid), got "
+            f"schedule={schedule.name!r}{hint}"
+        )
+    return schedule

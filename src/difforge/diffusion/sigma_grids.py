@@ -38,7 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
+from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule, require_discrete
 
 FINAL_SIGMAS = ("zero", "min")
 DEFAULT_RHO = {"karras": 7.0, "polynomial": 7.0}
@@ -203,11 +203,9 @@ def sigma_grid(
     check_grid(grid, final_sigma, rho)
     final = 0.0 if final_sigma == "zero" else schedule.sigma_min
     if grid in TIMESTEP_SPACINGS:
-        if not isinstance(schedule, DiscreteSchedule):
-            raise ValueError(
-                f"sampler.grid={grid!r} needs a discrete schedule (linear, cosine, sigmoid), got "
-                f"{schedule.name!r}; allowed here: {', '.join(CONTINUOUS_GRIDS)}"
-            )
+        schedule = require_discrete(
+            schedule, f"sampler.grid={grid!r}", f"allowed here: {', '.join(CONTINUOUS_GRIDS)}"
+        )
         if sigma_min is not None or sigma_max is not None:
             raise ValueError(
                 f"sampler.grid={grid!r} takes the schedule's own timesteps: sigma_min/sigma_max "

@@ -31,25 +31,15 @@ import torch
 from torch import Tensor
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture
-from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
+from difforge.diffusion.schedules import DiscreteSchedule, require_discrete
 
 # Grid resolution of the mode counts.
 POINTS_1D = 8001
 
 
-def check_discrete(schedule: NoiseSchedule) -> DiscreteSchedule:
-    """The forward-process lessons need abar_t per timestep: a linear, cosine or sigmoid schedule."""
-    if not isinstance(schedule, DiscreteSchedule):
-        raise ValueError(
-            f"this lesson needs a discrete schedule with alphas_cumprod (linear, cosine, sigmoid), "
-            f"got {schedule.name!r}"
-        )
-    return schedule
-
-
 def abar_at(schedule: DiscreteSchedule, t: int) -> float:
     """abar_t for ``t`` in ``0..T`` (``t = 0`` is the data itself: abar_0 = 1)."""
-    check_discrete(schedule)
+    require_discrete(schedule, "this lesson")
     if not 0 <= int(t) <= schedule.num_timesteps:
         raise ValueError(f"t must lie in [0, {schedule.num_timesteps}], got {t}")
     return 1.0 if int(t) == 0 else float(schedule.alphas_cumprod[int(t) - 1])
@@ -160,7 +150,7 @@ def mode_counts(
     points: int = POINTS_1D,
 ) -> dict[int, int]:
     """``{t: number of modes of q(x_t)}`` for ``timesteps`` (default every t in ``0..T``)."""
-    check_discrete(schedule)
+    require_discrete(schedule, "this lesson")
     ts = range(schedule.num_timesteps + 1) if timesteps is None else timesteps
     return {int(t): num_modes(mixture, abar_at(schedule, int(t)), points) for t in ts}
 
@@ -205,6 +195,6 @@ def critical_sigma(
 
 def first_timestep_above(schedule: DiscreteSchedule, sigma: float) -> int | None:
     """The first t in ``1..T`` with sigma_t >= ``sigma`` (None if the schedule never gets there)."""
-    check_discrete(schedule)
+    require_discrete(schedule, "this lesson")
     above = (schedule.sigmas >= sigma).nonzero()
     return int(above[0]) + 1 if len(above) else None

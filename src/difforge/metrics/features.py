@@ -45,14 +45,6 @@ INCEPTION_URL = (
 )
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_ENV = "DIFFORGE_INCEPTION_WEIGHTS"
-# DataModule class name -> data name (the config names of configs/data/).
-DATA_NAMES = {
-    "DigitsDataModule": "digits",
-    "MNISTDataModule": "mnist",
-    "FashionMNISTDataModule": "fashion_mnist",
-    "CIFAR10DataModule": "cifar10",
-    "ImageFolderDataModule": "image_folder",
-}
 
 
 def _weights_hash(module: nn.Module, *names: str) -> str:
@@ -335,13 +327,7 @@ def data_name(data: Any) -> str:
     """The data config name (``digits``, ``mnist``, ...) of a DataModule or a name."""
     if isinstance(data, str):
         return data
-    name = DATA_NAMES.get(type(data).__name__)
-    if name is not None:
-        return name
-    for cls in type(data).__mro__:
-        if cls.__name__ in DATA_NAMES:
-            return DATA_NAMES[cls.__name__]
-    return type(data).__name__
+    return getattr(data, "config_name", type(data).__name__)
 
 
 def classifier_path_for(data: Any, classifier_dir: str | os.PathLike | None = None) -> Path | None:

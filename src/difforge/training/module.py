@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from difforge.diffusion.guidance import ClassifierFreeGuidance
+from difforge.diffusion.guidance import ClassifierFreeGuidance, check_guidance
 from difforge.diffusion.noise_laws import NoiseLaw, ScheduleLaw
 from difforge.diffusion.parameterization import ClippedDenoiser, Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
@@ -126,9 +126,7 @@ class DiffusionModule(L.LightningModule):
         self.num_classes = int(getattr(net, "num_classes", 0))
         self.class_dropout = class_dropout
         self.guidance_scale = guidance_scale
-        ClassifierFreeGuidance(
-            self.ema_denoiser, guidance_scale
-        )  # validates guidance on this model
+        check_guidance(self.num_classes, guidance_scale)
         self.val_loss = MeanMetric()
         # Per noise quartile: sum of finite per-sample losses and their count, this epoch (on
         # the device; one index_add_ each per step, read once per epoch).
