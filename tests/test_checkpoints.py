@@ -101,3 +101,29 @@ def test_foreign_checkpoints_are_refused(tmp_path):
     torch.save({"state_dict": {}, "epoch": 0}, lightning_only)
     with pytest.raises(CheckpointError, match="was not written by difforge"):
         load_checkpoint(lightning_only)
+
+
+@pytest.mark.parametrize(
+    "weighting,expected",
+    [("uniform", "DenoisingLoss"), ("min_snr", "MinSNRLoss"), ("edm", "EDMLoss")],
+)
+def test_a_checkpoint_saved_with_the_old_config_spelling_still_loads(
+    tmp_path, trained_checkpoint, weighting, expected
+):
+    """Configs written before the loss classes and grid names changed (DenoisingLoss(weighting=),
+    sampler.grid=discrete with rho 7, class_dropout 0.1 on an unconditional net) load as before."""
+    from difforge.training.build import module_from_checkpoint
+
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    config = checkpoint["difforge"]["config"]
+    config["loss"] = {"_target_": "difforge.diffusion.losses.DenoisingLoss", "weighting": weighting}
+    if weighting == "edm":
+        config["loss"]["sigma_data"] = config.get("sigma_data", 0.5)
+    config["sampler"].update(grid="discrete", rho=7.0)
+    config["module"]["class_dropout"] = 0.1
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    module, cfg = module_from_checkpoint(old)
+    assert type(module.loss_fn).__name__ == expected
+    assert module.sampler.grid == "linspace" and module.sampler.rho is None
+    assert cfg.module.class_dropout is None

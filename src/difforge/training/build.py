@@ -133,12 +133,44 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModul
     return module
 
 
+# Configs saved in checkpoints before the loss classes and the sampler grids were renamed
+# (2026-11-30): the old spelling, and what it is now.
+_LEGACY_WEIGHTINGS = {
+    "uniform": ("difforge.diffusion.losses.DenoisingLoss", ()),
+    "min_snr": ("difforge.diffusion.losses.MinSNRLoss", ("min_snr_gamma",)),
+    "edm": ("difforge.diffusion.losses.EDMLoss", ("sigma_data",)),
+}
+
+
+def upgrade_saved_config(cfg: DictConfig) -> DictConfig:
+    """A checkpoint's saved training config in today's spelling, so that older runs still load:
+    ``DenoisingLoss(weighting=...)`` becomes its weighting's class, ``sampler.grid=discrete``
+    the ``linspace`` spacing it was, the old always-present ``sampler.rho: 7`` is dropped where
+    the grid has no rho, and the old default ``module.class_dropout: 0.1`` of an unconditional
+    network becomes null."""
+    loss = cfg.get("loss")
+    if loss is not None and "weighting" in loss:
+        target, keep = _LEGACY_WEIGHTINGS[str(loss.weighting)]
+        cfg.loss = OmegaConf.create({"_target_": target, **{k: loss[k] for k in keep if k in loss}})
+    sampler = cfg.get("sampler")
+    if sampler is not None:
+        if sampler.get("grid") == "discrete":
+            sampler.grid = "linspace"
+        if sampler.get("rho") is not None and sampler.get("grid") not in ("karras", "polynomial"):
+            sampler.rho = None
+    model, module = cfg.get("model"), cfg.get("module")
+    unconditional = model is not None and not model.get("num_classes")
+    if module is not None and unconditional and module.get("class_dropout") == 0.1:
+        module.class_dropout = None
+    return cfg
+
+
 def module_from_checkpoint(
     path: str | Path, sampler_cfg: DictConfig | None = None
 ) -> tuple[DiffusionModule, DictConfig]:
     """Rebuild the trained module of a difforge checkpoint (safely loaded) and its training config."""
     checkpoint = load_checkpoint(path)
-    cfg = OmegaConf.create(checkpoint["difforge"]["config"])
+    cfg = upgrade_saved_config(OmegaConf.create(checkpoint["difforge"]["config"]))
     if sampler_cfg is not None:
         cfg.sampler = sampler_cfg
     data_shape = tuple(checkpoint["difforge"]["data_shape"])
