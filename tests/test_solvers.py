@@ -19,15 +19,13 @@ from difforge.diffusion.samplers.deis import (
     sample_deis,
 )
 from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
-from difforge.diffusion.samplers.dpmpp_2m_sde import check_dpmpp_2m_sde_options, sample_dpmpp_2m_sde
-from difforge.diffusion.samplers.dpmpp_2s_ancestral import (
-    check_dpmpp_2s_ancestral_options,
-    sample_dpmpp_2s_ancestral,
-)
+from difforge.diffusion.samplers.dpmpp_2m_sde import sample_dpmpp_2m_sde
+from difforge.diffusion.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ancestral
 from difforge.diffusion.samplers.dpmpp_3m import check_dpmpp_3m_options, sample_dpmpp_3m
-from difforge.diffusion.samplers.dpmpp_3m_sde import check_dpmpp_3m_sde_options, sample_dpmpp_3m_sde
+from difforge.diffusion.samplers.dpmpp_3m_sde import sample_dpmpp_3m_sde
+from difforge.diffusion.samplers.dpmpp_multistep import check_dpmpp_multistep_options
 from difforge.diffusion.samplers.euler_ancestral import (
-    check_euler_ancestral_options,
+    check_ancestral_options,
     sample_euler_ancestral,
 )
 from difforge.diffusion.samplers.unipc import check_unipc_options, sample_unipc
@@ -200,10 +198,10 @@ def test_sde_solvers_at_eta_0_are_the_ode_solvers(oracle1d):
         (check_unipc_options, {"corrector": "yes"}, r"sampler.corrector must be true or false"),
         (check_deis_options, {"order": 2.5}, r"in 1..3, got 2.5"),
         (check_dpmpp_3m_options, {"solver_type": "rk"}, r"one of midpoint, heun; got 'rk'"),
-        (check_dpmpp_2m_sde_options, {"eta": -0.1}, r"sampler.eta must satisfy 0 <= eta, got"),
-        (check_dpmpp_3m_sde_options, {"s_noise": -1.0}, r"sampler.s_noise must be >= 0"),
-        (check_euler_ancestral_options, {"eta": 1.5}, r"0 <= eta <= 1, got 1.5"),
-        (check_dpmpp_2s_ancestral_options, {"eta": 2.0}, r"0 <= eta <= 1, got 2.0"),
+        (check_dpmpp_multistep_options, {"eta": -0.1}, r"sampler.eta must satisfy 0 <= eta, got"),
+        (check_dpmpp_multistep_options, {"s_noise": -1.0}, r"sampler.s_noise must be >= 0"),
+        (check_ancestral_options, {"eta": 1.5}, r"0 <= eta <= 1, got 1.5"),
+        (check_ancestral_options, {"eta": 2.0}, r"0 <= eta <= 1, got 2.0"),
     ],
 )
 def test_bad_option_values_are_refused(check, options, match):

@@ -21,12 +21,7 @@ import torch
 from torch import Tensor
 
 from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, noise_like, report
-from difforge.diffusion.samplers.euler_ancestral import ancestral_step
-from difforge.diffusion.samplers.multistep import check_noise
-
-
-def check_dpmpp_2s_ancestral_options(*, eta: float = 1.0, s_noise: float = 1.0) -> None:
-    check_noise(eta, s_noise, max_eta=1.0)
+from difforge.diffusion.samplers.euler_ancestral import ancestral_step, check_ancestral_options
 
 
 @torch.no_grad()
@@ -42,7 +37,7 @@ def sample_dpmpp_2s_ancestral(
     class_labels: Tensor | None = None,
 ) -> Tensor:
     """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
-    check_dpmpp_2s_ancestral_options(eta=eta, s_noise=s_noise)
+    check_ancestral_options(eta=eta, s_noise=s_noise)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         x0 = denoise(denoiser, x, sigma, class_labels)

@@ -21,22 +21,7 @@ import torch
 from torch import Tensor
 
 from difforge.diffusion.samplers.common import DenoiserFn, StepCallback
-from difforge.diffusion.samplers.dpmpp_multistep import (
-    check_dpmpp_multistep_options,
-    dpmpp_multistep,
-)
-
-
-def check_dpmpp_3m_sde_options(
-    *,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    solver_type: str = "midpoint",
-    lower_order_final: bool = True,
-) -> None:
-    check_dpmpp_multistep_options(
-        eta=eta, s_noise=s_noise, solver_type=solver_type, lower_order_final=lower_order_final
-    )
+from difforge.diffusion.samplers.dpmpp_multistep import dpmpp_multistep
 
 
 def sample_dpmpp_3m_sde(

@@ -30,7 +30,9 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, 
     return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
-def check_euler_ancestral_options(*, eta: float = 1.0, s_noise: float = 1.0) -> None:
+def check_ancestral_options(*, eta: float = 1.0, s_noise: float = 1.0) -> None:
+    """The ancestral samplers' options: 0 <= eta <= 1 (above 1 the added noise would exceed the
+    target sigma), s_noise >= 0."""
     check_noise(eta, s_noise, max_eta=1.0)
 
 
@@ -47,7 +49,7 @@ def sample_euler_ancestral(
     class_labels: Tensor | None = None,
 ) -> Tensor:
     """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
-    check_euler_ancestral_options(eta=eta, s_noise=s_noise)
+    check_ancestral_options(eta=eta, s_noise=s_noise)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         x0 = denoise(denoiser, x, sigma, class_labels)

@@ -17,16 +17,14 @@ from difforge.diffusion.samplers.ddim import check_ddim_options, sample_ddim
 from difforge.diffusion.samplers.ddpm import check_ddpm_options, sample_ddpm
 from difforge.diffusion.samplers.deis import check_deis_options, sample_deis
 from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
-from difforge.diffusion.samplers.dpmpp_2m_sde import check_dpmpp_2m_sde_options, sample_dpmpp_2m_sde
-from difforge.diffusion.samplers.dpmpp_2s_ancestral import (
-    check_dpmpp_2s_ancestral_options,
-    sample_dpmpp_2s_ancestral,
-)
+from difforge.diffusion.samplers.dpmpp_2m_sde import sample_dpmpp_2m_sde
+from difforge.diffusion.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ancestral
 from difforge.diffusion.samplers.dpmpp_3m import check_dpmpp_3m_options, sample_dpmpp_3m
-from difforge.diffusion.samplers.dpmpp_3m_sde import check_dpmpp_3m_sde_options, sample_dpmpp_3m_sde
+from difforge.diffusion.samplers.dpmpp_3m_sde import sample_dpmpp_3m_sde
+from difforge.diffusion.samplers.dpmpp_multistep import check_dpmpp_multistep_options
 from difforge.diffusion.samplers.euler import check_churn, sample_euler
 from difforge.diffusion.samplers.euler_ancestral import (
-    check_euler_ancestral_options,
+    check_ancestral_options,
     sample_euler_ancestral,
 )
 from difforge.diffusion.samplers.heun import sample_heun
@@ -147,7 +145,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             False,
             "SDE-DPM-Solver++(2M), eta",
             noise_options=("eta",),
-            check=check_dpmpp_2m_sde_options,
+            check=check_dpmpp_multistep_options,
             default_grids={"discrete": "trailing", "continuous": "log_snr"},
         ),
         SamplerSpec(
@@ -156,7 +154,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             False,
             "SDE-DPM-Solver++(3M), eta",
             noise_options=("eta",),
-            check=check_dpmpp_3m_sde_options,
+            check=check_dpmpp_multistep_options,
             default_grids={"discrete": "trailing", "continuous": "log_snr"},
         ),
         SamplerSpec(
@@ -165,7 +163,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             False,
             "Euler ancestral (k-diffusion), eta",
             noise_options=("eta",),
-            check=check_euler_ancestral_options,
+            check=check_ancestral_options,
         ),
         SamplerSpec(
             "dpmpp_2s_ancestral",
@@ -174,7 +172,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "DPM-Solver++(2S) ancestral, eta",
             2,
             noise_options=("eta",),
-            check=check_dpmpp_2s_ancestral_options,
+            check=check_ancestral_options,
             default_grids={"discrete": "trailing", "continuous": "polynomial"},
         ),
         SamplerSpec(
