@@ -22,6 +22,8 @@ def digits_run(tmp_path_factory) -> Path:
 
 def test_train_writes_checkpoints_samples_and_metrics(digits_run):
     assert (digits_run / "checkpoints" / "last.ckpt").is_file()
+    # shorter than an epoch: FID comes from the validation after fit, and is kept as best.ckpt
+    assert (digits_run / "checkpoints" / "best.ckpt").is_file()
     assert (
         torch.load(digits_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     )

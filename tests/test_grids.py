@@ -48,8 +48,10 @@ def test_grid_endpoints_and_monotonicity(schedule, grid, steps, final_sigma):
     assert (sigmas[1:] < sigmas[:-1]).all(), sigmas
     final = 0.0 if final_sigma == "zero" else schedule.sigma_min
     assert sigmas[-1] == pytest.approx(final, rel=1e-12, abs=0)
-    # one level per step, except a spacing whose last timestep is t = 1 (sigma_min itself)
-    assert len(sigmas) == steps + 1 or (final_sigma == "min" and len(sigmas) == steps)
+    # one level per step, except a timestep spacing whose last timestep is t = 1 (sigma_min
+    # itself): a repeated level is no step
+    spacing_ends_at_min = grid in TIMESTEP_SPACINGS and final_sigma == "min"
+    assert len(sigmas) == steps + 1 or (spacing_ends_at_min and len(sigmas) == steps)
     if grid in ("trailing", "karras", "log_snr", "exponential", "polynomial"):
         assert sigmas[0] == pytest.approx(schedule.sigma_max, rel=1e-12)  # inf under zero SNR
 

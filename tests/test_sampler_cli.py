@@ -93,3 +93,22 @@ def test_inception_weights_that_cannot_apply_are_refused(tmp_path, overrides, re
         f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert_clean_error(result, f"error: metrics.inception_weights={weights} cannot apply: {reason}")
+
+
+@pytest.mark.parametrize("sampler,steps,nfe", [("dpmpp_2m", 10, 10), ("heun", 5, 10)])
+def test_final_sigma_min_takes_every_step(tmp_path, sampler, steps, nfe):
+    """Ending at sigma_min instead of 0: the same number of steps, each a full step (Heun's last
+    one included, since its slope at sigma_min exists)."""
+    assert_ok(
+        run_cli(
+            "sample",
+            "model=gmm_oracle",
+            "data=gmm1d",
+            f"sampler={sampler}",
+            f"sampler.steps={steps}",
+            "sampler.final_sigma=min",
+            "num_samples=10",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    assert json.loads((tmp_path / "sampling.json").read_text())["nfe"] == nfe

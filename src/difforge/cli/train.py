@@ -20,6 +20,7 @@ from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.errors import DifforgeError
 from difforge.training.build import build_module, resolve_precision
 from difforge.training.checkpoint import load_checkpoint
+from difforge.training.fid_callback import BestCheckpoint
 from difforge.training.module import effective_batch_size
 
 log = logging.getLogger("difforge")
@@ -300,6 +301,9 @@ def optimized_value(
         return None if value is None else float(value)
     if name not in trainer.callback_metrics:
         trainer.validate(module, datamodule=datamodule, verbose=False)
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, BestCheckpoint):
+                callback.save_after_fit(trainer)
     if name not in trainer.callback_metrics:
         logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
         raise DifforgeError(

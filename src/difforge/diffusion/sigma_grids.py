@@ -136,6 +136,8 @@ def _continuous(
     rho: float,
     final: float,
 ) -> Tensor:
+    """``steps`` intervals: ``steps`` levels down to sigma_min then the final 0, or, when the
+    final level is sigma_min itself, ``steps + 1`` levels ending there."""
     check_steps(steps)
     if not 0 < sigma_min <= sigma_max:
         raise ValueError(
@@ -143,9 +145,10 @@ def _continuous(
         )
     if math.isinf(sigma_max):
         raise ValueError("a continuous grid needs a finite sigma_max")
+    count = steps if final < sigma_min else steps + 1
     grid = torch.tensor([sigma_max], dtype=torch.float64)
-    if steps > 1:
-        grid = levels(steps, sigma_min, sigma_max, rho)
+    if count > 1:
+        grid = levels(count, sigma_min, sigma_max, rho)
         grid[0], grid[-1] = sigma_max, sigma_min  # exact ends, not a power's rounding
     return _append_final(grid, final)
 

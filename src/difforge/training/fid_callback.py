@@ -347,3 +347,10 @@ class BestCheckpoint(ModelCheckpoint):
         if self.monitor is not None and self.monitor not in monitor_candidates:
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def save_after_fit(self, trainer: L.Trainer) -> None:
+        """A run shorter than its first validation validates once after ``fit`` (train.py),
+        where Lightning saves no top-k checkpoint: keep that result as the best one too."""
+        if self.best_model_path or self.monitor not in trainer.callback_metrics:
+            return
+        self._save_topk_checkpoint(trainer, dict(trainer.callback_metrics))
