@@ -56,13 +56,19 @@ class NoiseSchedule:
     name: str = "base"
     is_discrete: bool = False
 
+    # Set by each schedule's __init__ as Python floats (no graph break when read under compile).
+    _sigma_min: float
+    _sigma_max: float
+
     @property
     def sigma_min(self) -> float:
-        raise NotImplementedError
+        """The smallest noise level a sampler's grid reaches."""
+        return self._sigma_min
 
     @property
     def sigma_max(self) -> float:
-        raise NotImplementedError
+        """The top a sampler starts from (inf under zero terminal SNR)."""
+        return self._sigma_max
 
     def sample_training_sigmas(
         self,
@@ -165,14 +171,6 @@ class DiscreteSchedule(NoiseSchedule):
     @property
     def num_timesteps(self) -> int:
         return len(self.betas)
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigma_max
 
     def sample_training_timesteps(
         self, batch_size: int, generator: torch.Generator | None = None
@@ -368,14 +366,6 @@ class EDMSchedule(NoiseSchedule):
         self.P_std = float(P_std)
         self.sigma_data = float(sigma_data)
 
-    @property
-    def sigma_min(self) -> float:
-        return self._sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigma_max
-
     def sample_training_sigmas(
         self,
         batch_size: int,
@@ -443,14 +433,6 @@ class RectifiedFlowSchedule(NoiseSchedule):
         self.t_min, self.t_max = float(t_min), float(t_max)
         self._sigma_min = self.shift * t_min / (1 - t_min)
         self._sigma_max = self.shift * t_max / (1 - t_max)
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigma_max
 
     def sample_training_sigmas(
         self,
