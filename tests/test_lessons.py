@@ -186,7 +186,9 @@ def test_nfe_sweep_error_falls_with_nfe(
         assert many["error"] < 0.25 * few["error"], algorithm
         assert many["error"] < 0.1 + floor, algorithm
     table = efficiency.markdown_table(records, algorithms)
-    assert table.count("\n") == 3 and "(NFE 127)" in table  # heun: 2 steps - 1
+    lines = table.splitlines()
+    assert lines[0] == "| sampler \\ steps | 4 | 64 |" and len(lines) == 2 + len(algorithms)
+    assert "(NFE 127)" in table and table.count("(NFE") == 2  # heun only: 2 steps - 1
 
 
 def test_smallest_steps_reaching(gmm1d: GaussianMixture, oracle1d: GaussianMixtureOracle) -> None:
@@ -270,7 +272,7 @@ def test_figures(tmp_path: Path, gmm1d: GaussianMixture) -> None:
         for s in (1, 10)
     ]
     panels = {"1-D": {"records": records, "floor": (0.01, 0.002), "threshold": 0.05}}
-    assert_png(plots.plot_nfe_sweep(panels, tmp_path / "f.png"), plots.NFE_SWEEP_SIZE)
+    assert_png(plots.plot_nfe_sweep(panels, tmp_path / "f.png"), plots.nfe_sweep_size(1))
 
     hist = {"samples": np.zeros((10, 1)), "title": "t", "x": x.numpy(), "density": curves[0]}
     path = plots.plot_collapse_panels({"gmm1d": [hist, hist]}, tmp_path / "g.png")
@@ -390,7 +392,80 @@ def test_nfe_sweep_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert one_d["smallest_nfe"]["dpmpp_2m"] < one_d["smallest_nfe"]["ddim"]
     assert {r["steps"] for r in summary["gmm2d"]["records"]} == {2, 8}
     assert "| dpmpp_2m |" in (tmp_path / "nfe_sweep.md").read_text()
-    assert_png(tmp_path / "nfe_sweep.png", plots.NFE_SWEEP_SIZE)
+    assert_png(tmp_path / "nfe_sweep.png", plots.nfe_sweep_size(2))
+
+
+@pytest.fixture
+def untrained_digits_checkpoint(tmp_path: Path) -> Path:
+    """The default digits model (unet_tiny) untrained, saved as train.py's checkpoints are."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from difforge.training.build import build_module
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train")
+    torch.manual_seed(0)
+    module = build_module(cfg, (1, 8, 8))
+    path = tmp_path / "untrained.ckpt"
+    difforge = {"config": module.run_config, "data_shape": [1, 8, 8]}
+    torch.save({"state_dict": module.state_dict(), "difforge": difforge}, path)
+    return path
+
+
+def test_nfe_sweep_fid_versus_nfe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, untrained_digits_checkpoint: Path
+) -> None:
+    """Lesson 4 with a checkpoint: FID at each target NFE, the steps that fit the target (two
+    evaluations per Heun step) and the NFE counted, a figure and a table."""
+    from difforge.diffusion.samplers import SAMPLERS
+    from difforge.lessons import nfe_sweep
+
+    out = tmp_path / "out"
+    overrides = [
+        f"out_dir={out}",
+        "algorithms=[ddim,heun]",
+        "num_samples=500",
+        "steps=[2,4]",
+        "threshold=10",
+        "threshold_seeds=[0]",
+        "floor_repeats=2",
+        "sweep2d.enabled=false",
+        f"ckpt_path={untrained_digits_checkpoint}",
+        "images.nfe=[3,5]",
+        "images.num_samples=16",
+        "images.batch_size=8",
+        f"images.cache_dir={tmp_path / 'fid_stats'}",
+    ]
+    summary = nfe_sweep.run(compose_lesson("nfe_sweep", overrides, monkeypatch))
+    counted = {(r["algorithm"], r["nfe_target"]): (r["steps"], r["nfe"]) for r in summary["images"]}
+    assert counted[("ddim", 3)] == (3, 3) and counted[("ddim", 5)] == (5, 5)
+    assert counted[("heun", 3)] == (2, 3) and counted[("heun", 5)] == (3, 5)  # 2 steps - 1
+    for record in summary["images"]:
+        assert record["nfe"] == SAMPLERS[record["algorithm"]].nfe(record["steps"])
+        assert math.isfinite(record["error"]) and record["error"] > 0
+        assert 0 <= record["class_coverage"] <= 1
+    table = (out / "nfe_sweep.md").read_text()
+    assert "| sampler \\ target NFE | 3 | 5 |" in table
+    fid = next(
+        r["error"] for r in summary["images"] if r["algorithm"] == "heun" and r["steps"] == 2
+    )
+    assert f"| heun | {fid:.4f} |" in table  # NFE 3 = its column: no (NFE n)
+    assert_png(out / "nfe_sweep_fid.png", plots.nfe_sweep_size(1))
+    assert list((tmp_path / "fid_stats").iterdir())  # the reference statistics were cached
+
+
+def test_fid_versus_nfe_refuses_a_target_below_one() -> None:
+    with pytest.raises(ValueError, match="target NFEs must be >= 1, got \\[0, 5\\]"):
+        efficiency.fid_versus_nfe(None, None, ["ddim"], [0, 5], 16)
+
+
+def test_every_sampler_has_its_own_line_style() -> None:
+    from difforge.diffusion.samplers import SAMPLERS
+
+    assert set(plots.SAMPLER_STYLES) == set(SAMPLERS)
+    assert len(set(plots.SAMPLER_STYLES.values())) == len(SAMPLERS)
 
 
 @pytest.mark.parametrize("name", ["mode_blurring", "reverse_flow", "mode_collapse", "nfe_sweep"])

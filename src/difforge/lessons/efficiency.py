@@ -13,6 +13,7 @@ dimensions the sliced W1 against a fixed exact reference sample of the same size
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture
-from difforge.diffusion.samplers import Sampler
+from difforge.diffusion.samplers import Sampler, get_sampler_spec
 from difforge.diffusion.samplers.common import DenoiserFn
 from difforge.diffusion.schedules import NoiseSchedule
 from difforge.metrics.mixture import sliced_wasserstein1, wasserstein1_1d
@@ -132,6 +133,76 @@ def nfe_sweep(
     return records
 
 
+def fid_versus_nfe(
+    module: Any,
+    datamodule: Any,
+    algorithms: Iterable[str],
+    nfes: Sequence[int],
+    num_samples: int,
+    seed: int = 0,
+    batch_size: int = 500,
+    cache_dir: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    options: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """FID of a trained image model's samples against NFE, for every algorithm at every target
+    NFE in ``nfes``.
+
+    ``module``: a ``DiffusionModule`` (its EMA weights sample) on ``device``; ``datamodule`` its
+    data, whose train split is the reference (``difforge.metrics.images.image_metrics``: the
+    digits classifier's features for digits, statistics cached in ``cache_dir``). Each algorithm
+    runs ``SamplerSpec.steps_for_nfe(nfe)`` steps (the most whose NFE does not exceed the
+    target) on its default grid, with ``options[algorithm]``, from the same seed.
+
+    Returns one record per (algorithm, target): ``algorithm``, ``nfe_target``, ``steps``,
+    ``nfe`` (network evaluations per sample, counted), ``error`` (FID), ``kid_mean``,
+    ``class_coverage`` (nan without a classifier) and ``seconds`` (sampling).
+
+    Raises:
+        ValueError: a target NFE below 1.
+    """
+    from difforge.metrics.images import image_metrics
+
+    if any(int(nfe) < 1 for nfe in nfes):
+        raise ValueError(f"target NFEs must be >= 1, got {list(nfes)}")
+    device = torch.device(device)
+    records = []
+    for algorithm in algorithms:
+        for target in nfes:
+            steps = get_sampler_spec(algorithm).steps_for_nfe(int(target))
+            start = time.perf_counter()
+            result = module.generate(
+                num_samples,
+                sampler=Sampler(algorithm, steps, **(options or {}).get(algorithm, {})),
+                generator=torch.Generator(device=device).manual_seed(seed),
+                batch_size=batch_size,
+            )
+            seconds = time.perf_counter() - start
+            metrics = image_metrics(
+                result.samples,
+                datamodule,
+                seed=seed,
+                cache_dir=cache_dir,
+                kid_subset_size=min(1000, num_samples),
+                device=device,
+            )
+            record = {
+                "algorithm": algorithm,
+                "nfe_target": int(target),
+                "steps": steps,
+                "nfe": int(result.nfe),
+                "error": float(metrics["fid"]),
+                "kid_mean": float(metrics["kid_mean"]),
+                "class_coverage": float(metrics.get("class_coverage", math.nan)),
+                "seconds": seconds,
+            }
+            records.append(record)
+            if progress is not None:
+                progress(record)
+    return records
+
+
 def smallest_steps_reaching(
     denoiser: DenoiserFn,
     schedule: NoiseSchedule,
@@ -189,18 +260,30 @@ def smallest_steps_reaching(
 
 
 def markdown_table(
-    records: Sequence[dict[str, Any]], algorithms: Sequence[str], value: str = "error"
+    records: Sequence[dict[str, Any]],
+    algorithms: Sequence[str],
+    value: str = "error",
+    column: str = "steps",
+    label: str | None = None,
 ) -> str:
-    """A markdown table of a sweep: one row per step count, one column per algorithm, each cell
-    ``value (NFE n)`` (NFE = steps, except Heun: 2 steps - 1)."""
-    budgets = sorted({r["steps"] for r in records})
-    header = "| steps | " + " | ".join(algorithms) + " |"
-    lines = [header, "|" + "---:|" * (len(algorithms) + 1)]
-    by_key = {(r["algorithm"], r["steps"]): r for r in records}
-    for steps in budgets:
+    """A markdown table of a sweep: one row per algorithm, one column per distinct
+    ``record[column]`` (the step count, or a target NFE), each cell ``record[value]`` followed
+    by ``(NFE n)`` where the NFE counted differs from the column's number (Heun and
+    DPM-Solver++(2S): 2 steps - 1). ``label`` heads the columns (default: ``column``)."""
+    keys = sorted({r[column] for r in records})
+    by_key = {(r["algorithm"], r[column]): r for r in records}
+    lines = [
+        f"| sampler \\ {label or column} | " + " | ".join(str(k) for k in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for algorithm in algorithms:
         cells = []
-        for algorithm in algorithms:
-            record = by_key.get((algorithm, steps))
-            cells.append("" if record is None else f"{record[value]:.4f} (NFE {record['nfe']})")
-        lines.append(f"| {steps} | " + " | ".join(cells) + " |")
+        for key in keys:
+            record = by_key.get((algorithm, key))
+            if record is None:
+                cells.append("")
+                continue
+            nfe = "" if record["nfe"] == key else f" (NFE {record['nfe']})"
+            cells.append(f"{record[value]:.4f}{nfe}")
+        lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

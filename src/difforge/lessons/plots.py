@@ -15,12 +15,21 @@ import numpy as np
 
 DPI = 100
 MODE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+# (colour, marker, line style) per registered sampler; dashed: the ones that draw fresh noise
+# (at their default options), in the colour of their deterministic relative where there is one.
 SAMPLER_STYLES = {
-    "ddpm": ("tab:blue", "o"),
-    "ddim": ("tab:orange", "s"),
-    "euler": ("tab:green", "^"),
-    "heun": ("tab:red", "D"),
-    "dpmpp_2m": ("tab:purple", "v"),
+    "ddpm": ("tab:orange", "o", "--"),
+    "ddim": ("tab:orange", "s", "-"),
+    "euler": ("tab:green", "^", "-"),
+    "heun": ("tab:red", "D", "-"),
+    "dpmpp_2m": ("tab:purple", "v", "-"),
+    "dpmpp_3m": ("tab:brown", "P", "-"),
+    "dpmpp_2m_sde": ("tab:purple", "v", "--"),
+    "dpmpp_3m_sde": ("tab:brown", "P", "--"),
+    "euler_ancestral": ("tab:green", "^", "--"),
+    "dpmpp_2s_ancestral": ("tab:blue", "X", "--"),
+    "unipc": ("tab:olive", "*", "-"),
+    "deis": ("tab:cyan", "h", "-"),
 }
 
 
@@ -306,13 +315,15 @@ def plot_reverse_flow(
 
 
 # ---------------------------------------------------------------------------- lesson 4: efficiency
-NFE_SWEEP_SIZE = (13.0, 5.0)
+def nfe_sweep_size(columns: int) -> tuple[float, float]:
+    return (6.5 * columns, 5.5)
 
 
 def plot_nfe_sweep(
     panels: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = ""
 ) -> Path:
-    """Error against NFE (log-log), one line per sampler, one panel per experiment.
+    """Error against NFE (log-log), one line per sampler (``SAMPLER_STYLES``), one panel per
+    experiment; ``nfe_sweep_size(len(panels))``.
 
     ``panels[title]`` holds ``records`` (dicts with ``algorithm``, ``nfe``, ``error``),
     ``ylabel``, optionally ``floor`` (mean, std: the error of exact samples, drawn as a band),
@@ -320,20 +331,26 @@ def plot_nfe_sweep(
     """
     plt = _pyplot()
     fig, axes = plt.subplots(
-        1, len(panels), figsize=NFE_SWEEP_SIZE, layout="constrained", squeeze=False
+        1, len(panels), figsize=nfe_sweep_size(len(panels)), layout="constrained", squeeze=False
     )
     for ax, (panel_title, panel) in zip(axes[0], panels.items(), strict=True):
         records = panel["records"]
         algorithms = list(dict.fromkeys(r["algorithm"] for r in records))
         for k, algorithm in enumerate(algorithms):
-            colour, marker = SAMPLER_STYLES.get(algorithm, (f"C{k}", "o"))
+            colour, marker, style = SAMPLER_STYLES.get(algorithm, (f"C{k}", "o", ":"))
             points = sorted(
                 (r["nfe"], r["error"])
                 for r in records
                 if r["algorithm"] == algorithm and np.isfinite(r["error"])
             )
             ax.loglog(
-                *zip(*points, strict=True), marker=marker, ms=4, color=colour, label=algorithm
+                *zip(*points, strict=True),
+                marker=marker,
+                ms=4,
+                ls=style,
+                lw=1.2,
+                color=colour,
+                label=algorithm,
             )
             reached = (panel.get("reached") or {}).get(algorithm)
             if reached is not None:
@@ -362,7 +379,7 @@ def plot_nfe_sweep(
         ax.set_ylabel(panel.get("ylabel", "error"))
         ax.set_title(panel_title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncols=2)
     return _save(fig, path, title)
 
 
