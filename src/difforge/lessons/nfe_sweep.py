@@ -245,6 +245,7 @@ def image_sweep(
         device=device,
         options=options,
         progress=show,
+        kid_subsets=int(cfg.images.kid_subsets),
     )
     title = f"{datamodule.config_name}, {Path(cfg.ckpt_path).name}: FID of {n} samples"
     plots.plot_nfe_sweep(
