@@ -370,12 +370,15 @@ def test_mode_collapse_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_nfe_sweep_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lesson 4 as a library call: the smallest NFE under the threshold, second order ahead."""
+    """Lesson 4 as a library call: the smallest NFE under the threshold, second order ahead;
+    a grid given in ``options`` replaces the sampler's default."""
+    from difforge.diffusion.samplers import SAMPLERS
     from difforge.lessons import nfe_sweep
 
     overrides = [
         f"out_dir={tmp_path}",
         "algorithms=[ddim,dpmpp_2m]",
+        "options={ddim:{grid:linspace}}",
         "num_samples=3000",
         "steps=[2,8,32]",
         "threshold=0.1",
@@ -391,7 +394,9 @@ def test_nfe_sweep_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert record["error"] <= 0.1
     assert one_d["smallest_nfe"]["dpmpp_2m"] < one_d["smallest_nfe"]["ddim"]
     assert {r["steps"] for r in summary["gmm2d"]["records"]} == {2, 8}
-    assert "| dpmpp_2m |" in (tmp_path / "nfe_sweep.md").read_text()
+    default = SAMPLERS["dpmpp_2m"].default_grids["discrete"]  # the linear schedule is discrete
+    assert summary["grids"] == {"ddim": "linspace", "dpmpp_2m": default}
+    assert f"| dpmpp_2m | {default} |" in (tmp_path / "nfe_sweep.md").read_text()
     assert_png(tmp_path / "nfe_sweep.png", plots.nfe_sweep_size(2))
 
 
@@ -466,6 +471,16 @@ def test_every_sampler_has_its_own_line_style() -> None:
 
     assert set(plots.SAMPLER_STYLES) == set(SAMPLERS)
     assert len(set(plots.SAMPLER_STYLES.values())) == len(SAMPLERS)
+
+
+def test_nfe_sweep_refuses_options_for_a_sampler_it_does_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from difforge.lessons import nfe_sweep
+
+    overrides = [f"out_dir={tmp_path}", "algorithms=[ddim]", "options={eulr:{S_churn:40}}"]
+    with pytest.raises(ValueError, match="options for 'eulr', which is not among"):
+        nfe_sweep.run(compose_lesson("nfe_sweep", overrides, monkeypatch))
 
 
 @pytest.mark.parametrize("name", ["mode_blurring", "reverse_flow", "mode_collapse", "nfe_sweep"])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
-from difforge.diffusion.samplers import SAMPLERS
+from difforge.diffusion.samplers import SAMPLERS, Sampler
 from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
 from difforge.lessons import efficiency
 from difforge.lessons.script import config_mixture
@@ -45,7 +45,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     schedule = instantiate(cfg.schedule)
     algorithms = list(cfg.algorithms or SAMPLERS)  # null: every registered sampler
-    options = cast(dict[str, dict[str, Any]], OmegaConf.to_container(cfg.options) or {})
+    options = cast(
+        dict[str, dict[str, Any]], OmegaConf.to_container(cfg.options) if cfg.options else {}
+    )
+    unused = sorted(set(options) - set(algorithms))
+    if unused:
+        raise ValueError(
+            f"options for {unused[0]!r}, which is not among the algorithms run: {algorithms}"
+        )
     steps = [int(s) for s in cfg.steps]
     if isinstance(schedule, DiscreteSchedule):
         steps = [s for s in steps if s <= schedule.num_timesteps]
@@ -63,8 +70,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         reached[algorithm], spread[algorithm] = smallest_nfe(
             oracle, schedule, mixture, algorithm, records, options.get(algorithm, {}), cfg
         )
+    # The default grid of each sampler on this schedule (or the one ``options`` name).
+    grids = {a: Sampler(a, 1, **options.get(a, {})).grid_for(schedule) for a in algorithms}
     summary: dict[str, Any] = {
         "schedule": repr(schedule),
+        "grids": grids,
         "gmm1d": {
             "num_samples": n,
             "floor_mean": floor[0],
@@ -94,13 +104,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"draws): {floor[0]:.4f} +- {floor[1]:.4f}.\n",
         f"Smallest NFE reaching W1 <= {cfg.threshold:g} (bisection on the step count; seed "
         f"{cfg.seed}, and the range over seeds {list(cfg.threshold_seeds)}):\n",
-        "| sampler | steps | NFE | W1 | NFE over seeds |",
-        "|---|---:|---:|---:|---:|",
+        "| sampler | grid | steps | NFE | W1 | NFE over seeds |",
+        "|---|---|---:|---:|---:|---:|",
         *(
-            f"| {a} | {r['steps']} | {r['nfe']} | {r['error']:.4f} "
+            f"| {a} | {grids[a]} | {r['steps']} | {r['nfe']} | {r['error']:.4f} "
             f"| {min(spread[a])}-{max(spread[a])} |"
             if r
-            else f"| {a} | - | > {cfg.max_steps} steps | - | - |"
+            else f"| {a} | {grids[a]} | - | > {cfg.max_steps} steps | - | - |"
             for a, r in reached.items()
         ),
         "",
@@ -167,7 +177,7 @@ def smallest_nfe(
         if again is not None:
             found.append(again["nfe"])
     log.info(
-        "%-9s reaches W1 <= %g at %s; NFE over seeds %s",
+        "%-18s reaches W1 <= %g at %s; NFE over seeds %s",
         algorithm,
         threshold,
         f"NFE {best['nfe']} ({best['steps']} steps, W1 {best['error']:.4f})" if best else "-",
