@@ -49,8 +49,9 @@ def sliced_wasserstein1(
         samples.shape[1], num_projections, generator=generator, dtype=torch.float64
     )
     directions /= directions.norm(dim=0, keepdim=True)
-    a = (samples.to(torch.float64) @ directions).sort(dim=0).values
-    b = (reference.to(torch.float64) @ directions).sort(dim=0).values
+    # One row per direction: sorting contiguous rows is 2-3x faster than strided columns.
+    a = (samples.to(torch.float64) @ directions).T.contiguous().sort(dim=1).values
+    b = (reference.to(torch.float64) @ directions).T.contiguous().sort(dim=1).values
     return float((a - b).abs().mean())
 
 
