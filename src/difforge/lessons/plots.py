@@ -319,6 +319,18 @@ def nfe_sweep_size(columns: int) -> tuple[float, float]:
     return (6.5 * columns, 5.5)
 
 
+def _plain_log_ticks(axis: Any, values: Sequence[float]) -> None:
+    """Ticks 1, 2, 5 times a power of ten within the range of ``values``, as plain numbers."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, StrMethodFormatter
+
+    lo, hi = min(values), max(values)
+    decades = range(int(np.floor(np.log10(lo))), int(np.floor(np.log10(hi))) + 1)
+    ticks = [m * 10.0**e for e in decades for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_nfe_sweep(
     panels: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = ""
 ) -> Path:
@@ -375,6 +387,9 @@ def plot_nfe_sweep(
         threshold = panel.get("threshold")
         if threshold is not None:
             ax.axhline(threshold, color="k", ls="--", lw=1, label=f"W1 = {threshold:g}")
+        finite = [r for r in records if np.isfinite(r["error"]) and r["error"] > 0]
+        _plain_log_ticks(ax.xaxis, [r["nfe"] for r in finite])
+        _plain_log_ticks(ax.yaxis, [r["error"] for r in finite])
         ax.set_xlabel("NFE (denoiser evaluations per sample)")
         ax.set_ylabel(panel.get("ylabel", "error"))
         ax.set_title(panel_title)
