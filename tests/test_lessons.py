@@ -4,6 +4,7 @@ mode counts and merge times, trajectories, collapse metrics, the NFE sweep, and 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -431,12 +432,7 @@ def test_nfe_sweep_fid_versus_nfe(
     overrides = [
         f"out_dir={out}",
         "algorithms=[ddim,heun]",
-        "num_samples=500",
-        "steps=[2,4]",
-        "threshold=10",
-        "threshold_seeds=[0]",
-        "floor_repeats=2",
-        "sweep2d.enabled=false",
+        "exact=false",
         f"ckpt_path={untrained_digits_checkpoint}",
         "images.nfe=[3,5]",
         "images.num_samples=16",
@@ -451,13 +447,15 @@ def test_nfe_sweep_fid_versus_nfe(
         assert record["nfe"] == SAMPLERS[record["algorithm"]].nfe(record["steps"])
         assert math.isfinite(record["error"]) and record["error"] > 0
         assert 0 <= record["class_coverage"] <= 1
-    table = (out / "nfe_sweep.md").read_text()
+    assert set(summary) == {"images"} and not (out / "nfe_sweep.png").exists()  # exact=false
+    table = (out / "nfe_sweep_fid.md").read_text()
     assert "| sampler \\ target NFE | 3 | 5 |" in table
     fid = next(
         r["error"] for r in summary["images"] if r["algorithm"] == "heun" and r["steps"] == 2
     )
     assert f"| heun | {fid:.4f} |" in table  # NFE 3 = its column: no (NFE n)
     assert_png(out / "nfe_sweep_fid.png", plots.nfe_sweep_size(1))
+    assert json.loads((out / "nfe_sweep_fid.json").read_text()) == summary["images"]
     assert list((tmp_path / "fid_stats").iterdir())  # the reference statistics were cached
 
 
@@ -473,7 +471,7 @@ def test_every_sampler_has_its_own_line_style() -> None:
     assert len(set(plots.SAMPLER_STYLES.values())) == len(SAMPLERS)
 
 
-def test_nfe_sweep_refuses_options_for_a_sampler_it_does_not_run(
+def test_nfe_sweep_refuses_what_it_cannot_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from difforge.lessons import nfe_sweep
@@ -481,6 +479,10 @@ def test_nfe_sweep_refuses_options_for_a_sampler_it_does_not_run(
     overrides = [f"out_dir={tmp_path}", "algorithms=[ddim]", "options={eulr:{S_churn:40}}"]
     with pytest.raises(ValueError, match="options for 'eulr', which is not among"):
         nfe_sweep.run(compose_lesson("nfe_sweep", overrides, monkeypatch))
+    with pytest.raises(ValueError, match="exact=false and no ckpt_path: nothing to run"):
+        nfe_sweep.run(
+            compose_lesson("nfe_sweep", [f"out_dir={tmp_path}", "exact=false"], monkeypatch)
+        )
 
 
 @pytest.mark.parametrize("name", ["mode_blurring", "reverse_flow", "mode_collapse", "nfe_sweep"])

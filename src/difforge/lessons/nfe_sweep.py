@@ -6,10 +6,12 @@ With the exact denoiser (no learning error) of ``cfg.data`` (gmm1d: exact W1 to 
 step count in ``cfg.steps`` (``difforge.lessons.efficiency``); then, for each sampler, a bisection
 on the step count finds the smallest NFE with W1 <= ``cfg.threshold`` on gmm1d, repeated over
 ``cfg.threshold_seeds``. The statistical floor (the W1 of exact samples of the same size) is
-measured and reported. With ``cfg.ckpt_path``, FID of a trained image model against NFE too.
+measured and reported. With ``cfg.ckpt_path``, FID of a trained image model against NFE too
+(``efficiency.fid_versus_nfe``); ``cfg.exact=false`` runs that part alone.
 
-``run(cfg)`` writes nfe_sweep.png, nfe_sweep.md and nfe_sweep.json (and nfe_sweep_fid.png) to
-``cfg.out_dir`` and returns the summary.
+``run(cfg)`` writes nfe_sweep.png, nfe_sweep.md and nfe_sweep.json (the exact denoiser) and
+nfe_sweep_fid.png, nfe_sweep_fid.md and nfe_sweep_fid.json (the checkpoint) to ``cfg.out_dir``
+and returns the summary.
 """
 
 from __future__ import annotations
@@ -34,16 +36,21 @@ log = logging.getLogger("difforge")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """The lesson: figures, nfe_sweep.md and nfe_sweep.json in ``cfg.out_dir``; returns the
-    summary (per data set the floor and every record; on gmm1d the smallest NFE per sampler)."""
-    from hydra.utils import instantiate
+    """The lesson: with ``cfg.exact`` the exact-denoiser sweeps (nfe_sweep.png, .md, .json in
+    ``cfg.out_dir``), with ``cfg.ckpt_path`` FID versus NFE (nfe_sweep_fid.png, .md, .json);
+    returns the summary (per data set the floor and every record; on gmm1d the smallest NFE per
+    sampler; ``images``: the FID records).
+
+    Raises:
+        ValueError: nothing to run (``exact=false`` without ``ckpt_path``), or ``options`` for
+            a sampler not in ``cfg.algorithms``.
+    """
     from omegaconf import OmegaConf
 
-    from difforge.lessons import plots
-
+    if not cfg.exact and cfg.ckpt_path is None:
+        raise ValueError("exact=false and no ckpt_path: nothing to run (give ckpt_path=CKPT)")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    schedule = instantiate(cfg.schedule)
     algorithms = list(cfg.algorithms or SAMPLERS)  # null: every registered sampler
     options = cast(
         dict[str, dict[str, Any]], OmegaConf.to_container(cfg.options) if cfg.options else {}
@@ -53,10 +60,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(
             f"options for {unused[0]!r}, which is not among the algorithms run: {algorithms}"
         )
+    summary: dict[str, Any] = {}
+    if cfg.exact:
+        summary.update(exact_sweeps(cfg, algorithms, options, out))
+    if cfg.ckpt_path is not None:
+        summary["images"] = image_sweep(cfg, algorithms, options, out)
+    return summary
+
+
+def exact_sweeps(
+    cfg: DictConfig, algorithms: list[str], options: dict[str, dict[str, Any]], out: Path
+) -> dict[str, Any]:
+    """Every sampler with the exact denoiser of ``cfg.data`` (gmm1d: W1 and the smallest NFE
+    reaching ``cfg.threshold``) and of ``cfg.data2d`` (``cfg.sweep2d``): nfe_sweep.png,
+    nfe_sweep.md and nfe_sweep.json in ``out``; returns their summary."""
+    from hydra.utils import instantiate
+
+    from difforge.lessons import plots
+
+    schedule = instantiate(cfg.schedule)
     steps = [int(s) for s in cfg.steps]
     if isinstance(schedule, DiscreteSchedule):
         steps = [s for s in steps if s <= schedule.num_timesteps]
-
     mixture = config_mixture(cfg, "data", dim=1)
     oracle = GaussianMixtureOracle(mixture)
     n = int(cfg.num_samples)
@@ -70,8 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         reached[algorithm], spread[algorithm] = smallest_nfe(
             oracle, schedule, mixture, algorithm, records, options.get(algorithm, {}), cfg
         )
-    # The default grid of each sampler on this schedule (or the one ``options`` name).
-    grids = {a: Sampler(a, 1, **options.get(a, {})).grid_for(schedule) for a in algorithms}
+    grids = sampler_grids(algorithms, options, schedule)
     summary: dict[str, Any] = {
         "schedule": repr(schedule),
         "grids": grids,
@@ -114,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             for a, r in reached.items()
         ),
         "",
-        "W1 (NFE) per step count:\n",
+        "W1 per step count (with the NFE where it differs from the step count):\n",
         efficiency.markdown_table(records, algorithms),
         "",
     ]
@@ -125,14 +149,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         panels[title] = panels_2d
         tables += table_2d
     plots.plot_nfe_sweep(panels, out / "nfe_sweep.png", title="sample quality versus NFE")
-    if cfg.ckpt_path is not None:
-        summary["images"], image_table = image_sweep(cfg, algorithms, options, out)
-        tables += image_table
     (out / "nfe_sweep.md").write_text("\n".join(tables))
     (out / "nfe_sweep.json").write_text(json.dumps(summary, indent=2))
     log.info("smallest NFE per sampler: %s", json.dumps(summary["gmm1d"]["smallest_nfe"]))
     log.info("wrote %s", out / "nfe_sweep.md")
     return summary
+
+
+def sampler_grids(
+    algorithms: list[str], options: dict[str, dict[str, Any]], schedule: NoiseSchedule
+) -> dict[str, str]:
+    """The grid each sampler walks on ``schedule``: its default, or the one ``options`` name."""
+    return {a: Sampler(a, 1, **options.get(a, {})).grid_for(schedule) for a in algorithms}
 
 
 def show(record: dict[str, Any]) -> None:
@@ -227,10 +255,10 @@ def sweep_2d(
 
 def image_sweep(
     cfg: DictConfig, algorithms: list[str], options: dict[str, dict[str, Any]], out: Path
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> list[dict[str, Any]]:
     """FID (and class coverage) of the trained image model ``cfg.ckpt_path`` against NFE, at the
     target NFEs ``cfg.images.nfe`` (``efficiency.fid_versus_nfe``): nfe_sweep_fid.png (one line
-    per sampler) and its markdown table."""
+    per sampler), nfe_sweep_fid.md and nfe_sweep_fid.json in ``out``; returns the records."""
     from hydra.utils import instantiate
 
     from difforge.lessons import plots
@@ -263,9 +291,14 @@ def image_sweep(
         out / "nfe_sweep_fid.png",
     )
     table = [
-        f"## Trained image model ({cfg.ckpt_path}): FID of {n} samples against the train split\n",
-        f"Each sampler runs the most steps whose NFE does not exceed the target (same seed "
-        f"{cfg.seed}); (NFE n) marks a cell whose counted NFE differs from its column.\n",
+        f"# FID versus NFE of {cfg.ckpt_path}: {n} samples against the train split\n",
+        f"Schedule `{module.schedule!r}`. Each sampler runs the most steps whose NFE does not "
+        f"exceed the target (same seed {cfg.seed}); (NFE n) marks a cell whose counted NFE "
+        "differs from its column. Grids: "
+        + ", ".join(
+            f"{a} {g}" for a, g in sampler_grids(algorithms, options, module.schedule).items()
+        )
+        + ".\n",
         efficiency.markdown_table(records, algorithms, column="nfe_target", label="target NFE"),
         "",
         "Class coverage (digits classifier; 1 = every class gets at least half its share):\n",
@@ -274,4 +307,7 @@ def image_sweep(
         ),
         "",
     ]
-    return records, table
+    (out / "nfe_sweep_fid.md").write_text("\n".join(table))
+    (out / "nfe_sweep_fid.json").write_text(json.dumps(records, indent=2))
+    log.info("wrote %s", out / "nfe_sweep_fid.md")
+    return records
