@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.errors import DifforgeError
-from difforge.training.build import build_module, resolve_precision
+from difforge.training.build import MODEL_GROUPS, build_module, resolve_precision
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.fid_callback import BestCheckpoint
 from difforge.training.module import effective_batch_size
@@ -261,9 +261,11 @@ def train(cfg: DictConfig) -> float | None:
     hparams["num_parameters"] = sum(p.numel() for p in module.denoiser.parameters())
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
+    choices = HydraConfig.get().runtime.choices
     module.run_config = {
         **(module.run_config or {}),
         "overrides": list(HydraConfig.get().overrides.task),
+        "choices": {group: choices[group] for group in MODEL_GROUPS if choices.get(group)},
     }
     if trainer.global_rank == 0:
         write_run_file(cfg)

@@ -12,17 +12,11 @@ from difforge.errors import CheckpointError
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.module import DiffusionModule
 
+# The config groups that define a trained model: their choices are saved in every checkpoint
+# (``choices``), for sample.py and eval.py to name.
+MODEL_GROUPS = ("data", "model", "schedule", "parameterization", "loss", "noise_law")
 # The parts of a run's config that define its model; saved in every checkpoint.
-MODEL_CONFIG_KEYS = (
-    "data",
-    "model",
-    "schedule",
-    "parameterization",
-    "loss",
-    "noise_law",
-    "sampler",
-    "module",
-)
+MODEL_CONFIG_KEYS = (*MODEL_GROUPS, "sampler", "module")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
