@@ -282,3 +282,13 @@ def test_print_config_prints_the_tree(tmp_path):
     )
     assert_ok(result)
     assert "── model" in result.stdout and "_target_" in result.stdout
+
+
+def test_fid_callback_steps_are_its_samplers(capsys):
+    """configs/callbacks/fid.yaml is a plain node: the FID sampler's step count is set in one
+    place, ``callbacks.fid.sampler.steps``; the old overriding ``callbacks.fid.steps`` is gone."""
+    configs = str(ROOT / "configs")
+    check_overrides(configs, "train", ["callbacks.fid.sampler.steps=5"])
+    with pytest.raises(SystemExit):
+        check_overrides(configs, "train", ["+callbacks.fid.steps=5"])
+    assert "callbacks.fid.steps: FIDCallback has no option 'steps'" in capsys.readouterr().err
