@@ -323,7 +323,7 @@ def sample_benchmark(args: argparse.Namespace, name: str, device: torch.device) 
     denoiser = Denoiser(net, schedule, EpsParameterization()).eval()
     if args.compile:
         denoiser.compile()  # in place, as module.compile=true does for sampling
-    sampler = Sampler("heun", args.sample_steps)
+    sampler = Sampler("heun", args.sample_steps, grid="karras", final_sigma="zero")  # EDM alg. 2
     shape = (args.sample_batch, args.channels, args.image_size, args.image_size)
     bf16 = args.dtype == "bf16"
 

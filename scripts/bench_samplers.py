@@ -108,7 +108,6 @@ def search_cell(
             "family": config.sampler,
             "config": config.label,
             "default": False,
-            "default_able": ours.can_be_default(config),
             "stochastic": SAMPLERS[config.sampler].is_stochastic(dict(config.options)),
         }
         if key in seen:

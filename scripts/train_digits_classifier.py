@@ -131,7 +131,7 @@ def train_classifier(
 
 
 def run(name: str, data_dir: Path, out: Path | None, seed: int, epochs: int | None) -> Path | None:
-    from difforge.data.base import DatasetNotFoundError
+    from difforge.data.options import DatasetNotFoundError
 
     datamodule = build_datamodule(name, data_dir, seed=0)
     try:

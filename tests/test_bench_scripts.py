@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -128,18 +129,35 @@ def test_bench_samplers_against_diffusers(tmp_path: Path) -> None:
     assert {r["nfe"] for r in peers if r["family"] == "heun" and r["nfe_target"] == 10} == {9}
 
 
-def test_bench_samplers_sliced_w1_is_the_library_metric() -> None:
+def test_bench_samplers_sliced_w1_is_against_the_projected_law() -> None:
     import torch
 
     from difforge.benchmarks.oracle_metrics import MixtureScore, make_mixture
-    from difforge.metrics.mixture import sliced_wasserstein1
+    from difforge.diffusion.gaussian_mixture import GaussianMixture
+    from difforge.metrics.mixture import projected_quantiles
 
     mixture = make_mixture("gmm2d")
     score = MixtureScore(mixture, 500)
+    assert score.directions is not None and score.quantiles is not None
+    # each row: the projected mixture's mid-quantiles, F(q_i) = (i - 1/2) / n
+    for j in (0, 100, 255):
+        u = score.directions[:, j]
+        projected = GaussianMixture(
+            mixture.weights, mixture.means @ u, ((mixture.stds**2) @ u**2).sqrt()
+        )
+        levels = (torch.arange(500, dtype=torch.float64) + 0.5) / 500
+        torch.testing.assert_close(projected.cdf_1d(score.quantiles[j]), levels, rtol=0, atol=1e-12)
     samples, _ = mixture.sample(500, torch.Generator().manual_seed(3))
-    reference, _ = mixture.sample(500, torch.Generator().manual_seed(10_000))
-    expected = sliced_wasserstein1(samples, reference, num_projections=256, seed=0)
+    projections = (samples @ score.directions).T.sort(dim=1).values
+    expected = float((projections - score.quantiles).abs().mean())
     assert score(samples)["w1"] == pytest.approx(expected, rel=1e-12)
+    # Triangle inequality: shifting the samples moves each projection's W1 by |u . shift|.
+    shift = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    moved, near = score(samples + shift)["w1"], score(samples)["w1"]
+    mean_shift = float((shift @ score.directions).abs().mean())
+    assert mean_shift - near <= moved <= mean_shift + near
+    assert moved > near
+    torch.testing.assert_close(projected_quantiles(mixture, score.directions, 500), score.quantiles)
 
 
 def test_batch_sigma_oracle_equals_the_oracle() -> None:
@@ -165,8 +183,14 @@ SAME_ALGORITHM = [
     ("ddim", {}, "EulerDiscreteScheduler", {}),
     ("euler", {}, "EulerDiscreteScheduler", {}),
     ("heun", {}, "HeunDiscreteScheduler", {}),
-    ("dpmpp_2m", {}, "DPMSolverMultistepScheduler", {"solver_order": 2}),
-    ("dpmpp_3m", {}, "DPMSolverMultistepScheduler", {"solver_order": 3}),
+    ("dpmpp_2m", {"solver_type": "midpoint"}, "DPMSolverMultistepScheduler", {"solver_order": 2}),
+    ("dpmpp_3m", {"solver_type": "midpoint"}, "DPMSolverMultistepScheduler", {"solver_order": 3}),
+    (
+        "dpmpp_2m",
+        {"solver_type": "heun"},
+        "DPMSolverMultistepScheduler",
+        {"solver_order": 2, "solver_type": "heun"},
+    ),
     (
         "dpmpp_3m",
         {"solver_type": "heun"},
@@ -181,27 +205,53 @@ SAME_ALGORITHM = [
 # of zero), and the stochastic samplers (the fresh noise is drawn in a different order).
 
 
+# diffusers' multistep schedulers (DPM-Solver, UniPC) lay leading and linspace over N + 1 points
+# and take final_sigmas_type; the others lay them over N points and end at 0.
+FINALS = {
+    "DPMSolverMultistepScheduler": ("zero", "sigma_min"),
+    "UniPCMultistepScheduler": ("sigma_min",),
+}
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
 @pytest.mark.parametrize(("sampler", "options", "scheduler", "kwargs"), SAME_ALGORITHM)
 def test_same_algorithm_same_grid_matches_diffusers(
-    sampler: str, options: dict, scheduler: str, kwargs: dict
+    sampler: str, options: dict, scheduler: str, kwargs: dict, spacing: str
 ) -> None:
     pytest.importorskip("diffusers")
+    from difforge.benchmarks import difforge_configs, diffusers_peer
+
+    if spacing == "linspace" and scheduler == "DDIMScheduler":
+        pytest.skip(
+            "DDIMScheduler steps from t to t - T // N, not to the next linspace timestep "
+            "(about T / (N - 1) lower): its linspace trajectory is not DDIM on that grid"
+        )
+    if spacing == "linspace" and scheduler in ("EulerDiscreteScheduler", "HeunDiscreteScheduler"):
+        pytest.skip(
+            f"{scheduler}'s linspace keeps fractional timesteps (sigmas interpolated between "
+            "the table's), difforge's rounds them as DDIM's and the multistep schedulers' do"
+        )
+    for final in FINALS.get(scheduler, ("zero",)):
+        ours_config = difforge_configs.DifforgeConfig(
+            sampler, spacing, final.removeprefix("sigma_"), tuple(options.items())
+        )
+        peer_kwargs = {"timestep_spacing": spacing, **kwargs}
+        if scheduler in FINALS:
+            peer_kwargs["final_sigmas_type"] = final
+        peer = diffusers_peer.PeerConfig(sampler, scheduler, peer_kwargs)
+        _assert_same_samples(ours_config, peer, scheduler)
+
+
+def _assert_same_samples(ours_config, peer, scheduler: str) -> None:
     import torch
 
     from difforge.benchmarks import difforge_configs, diffusers_peer
     from difforge.benchmarks.oracle_metrics import BatchSigmaOracle, make_mixture
-    from difforge.diffusion.samplers import SAMPLERS
     from difforge.diffusion.schedules import LinearSchedule
 
-    if sampler not in SAMPLERS:
-        pytest.skip(f"{sampler} is not registered")
     schedule = LinearSchedule(1000, 1e-4, 0.02)
     oracle = BatchSigmaOracle(make_mixture("gmm1d"))
     noise = torch.randn(256, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ours_config = difforge_configs.DifforgeConfig(
-        sampler, "trailing", "zero", tuple(options.items())
-    )
-    peer = diffusers_peer.PeerConfig(sampler, scheduler, {"timestep_spacing": "trailing", **kwargs})
     # diffusers keeps a VE state (|x| up to 3 sigma_max = 470) in float32 between steps: 3e-5
     # absolute, amplified up to ~10x where the last denoising step crosses between modes. A VP
     # state (|x| ~ 3) rounds 100x less.
@@ -210,7 +260,10 @@ def test_same_algorithm_same_grid_matches_diffusers(
         ours, ours_nfe = difforge_configs.run_difforge(ours_config, schedule, oracle, nfe, noise)
         theirs, their_nfe = diffusers_peer.run_peer(peer, schedule, oracle, nfe, noise)
         assert ours_nfe == their_nfe <= nfe
-        gap = (ours - theirs.to(torch.float64)).abs()
+        # A grid ending at sigma_min > 0 ends in the VP frame there (x / sqrt(1 + sigma^2)) in
+        # diffusers, in the VE frame in difforge.
+        final = float(difforge_configs.grid_of(ours_config, schedule, nfe)[-1])
+        gap = (ours - theirs.to(torch.float64) * math.sqrt(1 + final**2)).abs()
         assert float(gap.max()) < atol and float(gap.median()) < atol / 10, float(gap.max())
 
 
@@ -352,7 +405,8 @@ def test_bench_throughput(tmp_path: Path) -> None:
     rows = table_rows(out, "| model | sampler |")
     assert [r[1] for r in rows] == ["ddpm", "ddim", "euler", "heun", "dpmpp_2m"]
     data = json.loads((tmp_path / "t.json").read_text())["rows"]
-    assert [r["nfe"] for r in data] == [2, 2, 2, 3, 2]
+    # 2 steps each; Heun ends at sigma_min by default, so both its steps take 2 evaluations
+    assert [r["nfe"] for r in data] == [2, 2, 2, 4, 2]
     assert all(r["images_per_s"] > 0 for r in data)
 
 

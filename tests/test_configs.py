@@ -132,3 +132,46 @@ def test_images_are_sampled_with_clipped_estimates_and_vectors_without():
     vector_module = build_module(compose_train("data=gmm1d", "model=mlp"), (1,))
     assert isinstance(image_module.sampling_denoiser(), ClippedDenoiser)
     assert not isinstance(vector_module.sampling_denoiser(), ClippedDenoiser)
+
+
+# The groups whose options are whole recipes, setting several groups (``@package _global_``).
+RECIPE_GROUPS = {"experiment", "objective", "debug", "hparams_search", "hydra"}
+
+
+@pytest.mark.parametrize(
+    "group", sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in RECIPE_GROUPS)
+)
+def test_group_options_are_local_nodes(group):
+    """The config tree is the object tree: an option of a group configures that group's node, and
+    rewrites no other (a loss does not set the model)."""
+    for option in options(group):
+        text = (CONFIGS / group / f"{option}.yaml").read_text()
+        assert "@package" not in text, f"{group}/{option}.yaml"
+
+
+@pytest.mark.parametrize(
+    "loss,overrides,learned",
+    [
+        ("hybrid", [], True),
+        ("simple", [], False),
+        ("hybrid", ["model.learned_variance=true"], True),
+    ],
+)
+def test_the_network_learns_the_variance_the_loss_trains(loss, overrides, learned):
+    """``model.learned_variance: null`` follows the loss: improved DDPM's hybrid loss gets a
+    network with a learned variance, without the loss config touching the model."""
+    cfg = compose_train("experiment=gmm1d", f"loss={loss}", *overrides)
+    assert cfg.model.learned_variance is (True if overrides else None)
+    module = build_module(cfg, (1,))
+    assert module.denoiser.learned_variance is learned
+    assert cfg.model.learned_variance is learned  # saved resolved in the checkpoint's config
+
+
+@pytest.mark.parametrize(
+    "loss,value,message",
+    [("hybrid", "false", "HybridLoss needs a network"), ("simple", "true", "cannot train")],
+)
+def test_an_explicit_learned_variance_the_loss_cannot_train_is_refused(loss, value, message):
+    cfg = compose_train("experiment=gmm1d", f"loss={loss}", f"model.learned_variance={value}")
+    with pytest.raises(ValueError, match=message):
+        build_module(cfg, (1,))

@@ -32,6 +32,7 @@ from difforge.data import (
     MoonsDataModule,
     SwissRollDataModule,
 )
+from difforge.data.mixtures import known_mixture
 from difforge.diffusion.gaussian_mixture import GaussianMixture
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -688,3 +689,43 @@ def test_config_overrides(tmp_path):
         instantiate(compose("digits", tmp_path, ["data.channels=3"]).data)
     dm = instantiate(compose("digits", tmp_path, ["data.image_size=16"]).data)
     assert dm.data_shape == (1, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("gmm1d", []),
+        ("gmm1d", ["data.means=[-4,0,4]", "data.weights=[1,1,2]", "data.num_classes=0"]),
+        ("gmm2d", []),
+        ("gmm2d", ["data.layout=grid", "data.num_components=9", "data.std=0.2"]),
+        ("moons", []),
+        ("digits", []),
+    ],
+)
+def test_known_mixture_is_the_data_modules_law(name, overrides, tmp_path):
+    """The exact model reads the law from the data options without the data module
+    (``KNOWN_LAWS``): the same mixture as ``datamodule.mixture``, None where there is none."""
+    cfg = compose(name, tmp_path, overrides)
+    law = known_mixture(cfg.data)
+    dm = instantiate(cfg.data)
+    if not hasattr(dm, "mixture"):
+        assert law is None
+        return
+    assert law is not None
+    for field in ("weights", "means", "stds"):
+        torch.testing.assert_close(getattr(law, field), getattr(dm.mixture, field), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name,overrides,message",
+    [
+        ("gmm2d", ["data.layout=grid", "data.num_components=8"], "square data.num_components"),
+        ("gmm1d", ["data.dim=2"], "set data.dim=1"),
+    ],
+)
+def test_known_mixture_refuses_what_the_data_module_refuses(name, overrides, message, tmp_path):
+    cfg = compose(name, tmp_path, overrides)
+    with pytest.raises(DataConfigError, match=message):
+        known_mixture(cfg.data)
+    with pytest.raises(InstantiationException, match=message):
+        instantiate(cfg.data)

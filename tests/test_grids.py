@@ -48,10 +48,7 @@ def test_grid_endpoints_and_monotonicity(schedule, grid, steps, final_sigma):
     assert (sigmas[1:] < sigmas[:-1]).all(), sigmas
     final = 0.0 if final_sigma == "zero" else schedule.sigma_min
     assert sigmas[-1] == pytest.approx(final, rel=1e-12, abs=0)
-    # one level per step, except a timestep spacing whose last timestep is t = 1 (sigma_min
-    # itself): a repeated level is no step
-    spacing_ends_at_min = grid in TIMESTEP_SPACINGS and final_sigma == "min"
-    assert len(sigmas) == steps + 1 or (spacing_ends_at_min and len(sigmas) == steps)
+    assert len(sigmas) == steps + 1  # one level per step
     if grid in ("trailing", "karras", "log_snr", "exponential", "polynomial"):
         assert sigmas[0] == pytest.approx(schedule.sigma_max, rel=1e-12)  # inf under zero SNR
 
@@ -171,16 +168,18 @@ def test_every_sampler_starts_from_pure_noise(algorithm, gmm1d, oracle1d):
     mixture comes out at about 100 NFE."""
     spec = SAMPLERS[algorithm]
     n = 20_000
-    sampler = Sampler(algorithm, spec.steps_for_nfe(100), grid="trailing")
+    schedule = LinearSchedule(rescale_zero_terminal_snr=True)
+    final_zero = spec.defaults_for(schedule)["final_sigma"] == "zero"
+    sampler = Sampler(algorithm, spec.steps_for_nfe(100, final_zero), grid="trailing")
     result = sampler(
         oracle1d,
-        LinearSchedule(rescale_zero_terminal_snr=True),
+        schedule,
         (n, 1),
         dtype=torch.float64,
         generator=torch.Generator().manual_seed(0),
     )
     assert math.isinf(result.sigmas[0]) and torch.isfinite(result.samples).all()
-    assert result.nfe == spec.nfe(sampler.steps, from_infinity=True)
+    assert result.nfe == sampler.nfe(schedule) == spec.nfe(sampler.steps, final_zero, True)
     metrics = mixture_metrics(result.samples, gmm1d)
     assert metrics["w1"] < 0.06 and metrics["mode_mass_error"] < 0.02, metrics
 
@@ -227,7 +226,9 @@ def test_guidance_counts_both_halves(oracle1d):
         evals_per_call = 2
 
     doubled = Doubled(GaussianMixture([1.0], [0.0], [1.0]))
-    assert Sampler("heun", 5)(doubled, LinearSchedule(), (2, 1)).nfe == 2 * 9
+    heun = Sampler("heun", 5, final_sigma="zero")
+    assert heun(doubled, LinearSchedule(), (2, 1)).nfe == 2 * 9
+    assert heun.replace(final_sigma="min")(doubled, LinearSchedule(), (2, 1)).nfe == 2 * 10
 
 
 def test_every_registered_sampler_has_its_config():
@@ -241,4 +242,5 @@ def test_every_registered_sampler_has_its_config():
         cfg = OmegaConf.to_container(OmegaConf.load(path))
         del cfg["_target_"]
         sampler = Sampler(**cfg)
-        assert sampler.algorithm == name and set(sampler.options) == set(SAMPLERS[name].options)
+        settings = {"algorithm", "steps", "grid", "final_sigma", "sigma_min", "sigma_max", "rho"}
+        assert sampler.algorithm == name and set(cfg) - settings == set(SAMPLERS[name].options)

@@ -29,17 +29,21 @@ def test_zero_terminal_snr_trains_with_v_and_samples(tmp_path):
     )
     for grid, nfe in (("trailing", 4), ("karras", 4)):
         out = tmp_path / f"samples_{grid}"
-        assert_ok(
-            run_cli(
-                "sample",
-                f"ckpt_path={run}/checkpoints/last.ckpt",
-                "sampler=dpmpp_2m",
-                "sampler.steps=4",
-                f"sampler.grid={grid}",
-                "num_samples=64",
-                f"hydra.run.dir={out}",
-            )
+        result = run_cli(
+            "sample",
+            f"ckpt_path={run}/checkpoints/last.ckpt",
+            "sampler=dpmpp_2m",
+            "sampler.steps=4",
+            f"sampler.grid={grid}",
+            "num_samples=64",
+            f"hydra.run.dir={out}",
         )
+        assert_ok(result)
+        # The checkpoint's config groups, saved by the training run, in the config line.
+        assert (
+            "config: data=gmm1d model=mlp schedule=linear parameterization=v loss=simple "
+            "noise_law=schedule sampler=dpmpp_2m (" in result.stderr + result.stdout
+        ), result.stderr[-2000:]
         assert np.isfinite(np.load(out / "samples.npz")["arr_0"]).all()
         assert json.loads((out / "sampling.json").read_text())["nfe"] == nfe
 
@@ -55,7 +59,7 @@ def test_zero_terminal_snr_refuses_eps(tmp_path):
     "overrides,message",
     [
         (("sampler.grid=cosine",), "unknown sampler.grid 'cosine'; allowed: linspace, leading"),
-        (("+sampler.S_chrun=1.0",), "unknown option 'S_chrun' for sampler 'dpmpp_2m'"),
+        (("+sampler.S_chrun=1.0",), "sampler.S_chrun: sampler dpmpp_2m has no option 'S_chrun'"),
         (("sampler.final_sigma=none",), "unknown sampler.final_sigma 'none'; allowed: zero, min"),
         (("schedule=edm", "sampler.grid=trailing"), "sampler.grid='trailing' needs a discrete"),
     ],

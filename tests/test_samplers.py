@@ -34,14 +34,20 @@ def test_sampler_reproduces_the_mixture(algorithm, schedule, gmm1d, oracle1d, w1
     assert_reproduces_mixture(result.samples, gmm1d, w1_floor)
 
 
+@pytest.mark.parametrize("final_sigma", ["zero", "min"])
 @pytest.mark.parametrize(
     "algorithm,steps,expected",
     [("ddpm", 10, 10), ("ddim", 10, 10), ("euler", 7, 7), ("heun", 10, 19), ("dpmpp_2m", 12, 12)],
 )
-def test_nfe_is_counted(algorithm, steps, expected, oracle1d):
-    result = Sampler(algorithm, steps)(oracle1d, LinearSchedule(), (8, 1), dtype=torch.float64)
-    assert result.nfe == expected
-    assert len(result.sigmas) == steps + 1 and result.sigmas[-1] == 0
+def test_nfe_is_counted(algorithm, steps, expected, final_sigma, oracle1d):
+    """Heun's step to sigma = 0 takes one evaluation, its step to sigma_min two."""
+    schedule = LinearSchedule()
+    sampler = Sampler(algorithm, steps, final_sigma=final_sigma)
+    result = sampler(oracle1d, schedule, (8, 1), dtype=torch.float64)
+    expected += algorithm == "heun" and final_sigma == "min"
+    assert result.nfe == expected == sampler.nfe(schedule)
+    final = 0.0 if final_sigma == "zero" else schedule.sigma_min
+    assert len(result.sigmas) == steps + 1 and float(result.sigmas[-1]) == pytest.approx(final)
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,17 @@ import warnings
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from difforge.cli.common import quiet_third_party
-from difforge.cli.overrides import check_overrides, command_line_overrides
+from difforge.cli.common import choices_line, quiet_third_party
+from difforge.cli.overrides import added_key_error, check_overrides, command_line_overrides
 from difforge.diffusion.schedules import LinearSchedule
 from helpers import QUICK_TRAIN, ROOT, assert_clean_error, assert_ok, run_cli
 
 # ``python -X importtime`` through the environment: every import is listed on stderr.
 IMPORT_TIME = {"PYTHONPROFILEIMPORTTIME": "1"}
 LIGHTNING_IMPORT = re.compile(r"^import time:.*\|\s*lightning(\.\S+)?$")
+ORACLE = ("model=gmm_oracle", "data=gmm1d")
 
 
 def user_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -52,8 +54,9 @@ def imported_lightning(result: subprocess.CompletedProcess) -> bool:
         (
             "train",
             ["trainer.max_step=5"],
-            ["did you mean trainer.max_steps?", "+trainer.max_step=5"],
+            ["trainer.max_step: no such key; did you mean trainer.max_steps?"],
         ),
+        ("eval", ["metrics.fid_reff=x"], ["did you mean metrics.fid_ref?", "+metrics.fid_reff=x"]),
         ("train", ["trainr.max_steps=5"], ["did you mean trainer.max_steps?"]),
         (
             "train",
@@ -65,6 +68,33 @@ def imported_lightning(result: subprocess.CompletedProcess) -> bool:
         ("sample", ["model=gmm_oracle", "sampler=ddpn"], ["did you mean sampler=ddpm?"]),
         ("sample", ["model=gmm_oracle", "num_sample=5"], ["did you mean num_samples?"]),
         ("eval", ["ckpt_pth=x.ckpt"], ["did you mean ckpt_path?"]),
+        (
+            "sample",
+            [*ORACLE, "sampler=ddim", "sampler.etaa=0.5"],
+            ["error: sampler.etaa: no such key; did you mean sampler.eta?"],
+        ),
+        (
+            "sample",
+            [*ORACLE, "sampler=ddim", "+sampler.etaa=0.5"],
+            ["error: sampler.etaa: sampler ddim has no option 'etaa'; did you mean sampler.eta?"],
+        ),
+        (
+            "eval",
+            [*ORACLE, "++sampler.S_chrun=1"],
+            ["sampler dpmpp_2m has no option 'S_chrun' (its options: algorithm, final_sigma,"],
+        ),
+        (
+            "train",
+            ["experiment=gmm1d", "+model.hiden_dim=64"],
+            [
+                "model.hiden_dim: MLPDenoiser has no option 'hiden_dim'; did you mean model.hidden_dim?"
+            ],
+        ),
+        (
+            "sample",
+            [*ORACLE, "+schedule.num_timestep=10", "schedule=cosine"],
+            ["CosineSchedule has no option 'num_timestep'; did you mean schedule.num_timesteps?"],
+        ),
     ],
 )
 def test_typo_is_one_line_with_the_closest_valid_name(entry, overrides, fragments):
@@ -74,6 +104,89 @@ def test_typo_is_one_line_with_the_closest_valid_name(entry, overrides, fragment
     lines = user_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert not imported_lightning(result), "a config error imported Lightning"
+
+
+@pytest.mark.parametrize(
+    "entry,overrides,add_hint",
+    [
+        ("train", ["trainer.max_step=5"], False),
+        ("sample", ["sampler=ddim", "sampler.etaa=0.5"], False),
+        ("eval", ["metrics.fid_reff=x"], True),
+        ("train", ["schedul=cosine"], True),
+    ],
+)
+def test_add_hint_only_where_a_new_key_can_apply(capsys, entry, overrides, add_hint):
+    """A near miss of an option of an object (``sampler.etaa``) is a typo: no "+key" hint, which
+    would only lead to the next error; a plain node may take a new key."""
+    with pytest.raises(SystemExit):
+        check_overrides(str(ROOT / "configs"), entry, [*ORACLE[1:], *overrides])
+    message = capsys.readouterr().err
+    assert "did you mean" in message
+    assert ("to add a new key: +" in message) == add_hint, message
+
+
+def test_added_key_is_checked_against_the_object_it_configures():
+    """``+key`` into a node with a ``_target_``: the class's keyword options (and a Sampler's
+    algorithm's); a class taking ``**kwargs`` (other than Sampler) is not checked."""
+    sampler = {"_target_": "difforge.diffusion.samplers.Sampler", "algorithm": "ddim", "steps": 5}
+    config = OmegaConf.create({"sampler": {**sampler, "eta": 0.5, "etaa": 0.5}, "plain": {"x": 1}})
+    assert added_key_error("sampler.eta", config) is None
+    assert added_key_error("plain.x", config) is None
+    assert added_key_error("sampler.etaa", config) == (
+        "sampler.etaa: sampler ddim has no option 'etaa'; did you mean sampler.eta?"
+    )
+    config.sampler.algorithm = "heun"  # heun has no eta
+    assert "sampler heun has no option 'eta'" in str(added_key_error("sampler.eta", config))
+    config.sampler.algorithm = "no_such_solver"  # the Sampler refuses it when built
+    assert added_key_error("sampler.etaa", config) is None
+    anything = OmegaConf.create({"d": {"_target_": "builtins.dict", "anything": 1}})
+    assert added_key_error("d.anything", anything) is None
+
+
+def test_config_line_names_every_group_defaults_included():
+    hydra_choices = {
+        "hydra/launcher": "basic",
+        "paths": "default",
+        "sampler": "ddim",
+        "schedule": None,
+        "model": "gmm_oracle",
+        "data": "gmm1d",
+    }
+    assert choices_line(hydra_choices, {}) == "data=gmm1d model=gmm_oracle sampler=ddim"
+    oracle = {"data": "gmm1d", "model": "gmm_oracle", "schedule": "edm"}
+    assert choices_line(hydra_choices, oracle) == (
+        "data=gmm1d model=gmm_oracle schedule=edm sampler=ddim"
+    )
+
+
+@pytest.mark.parametrize(
+    "entry,overrides,line",
+    [
+        ("sample", [], "config: data=gmm1d model=gmm_oracle schedule=edm sampler=dpmpp_2m ("),
+        (
+            "eval",
+            ["schedule=cosine"],
+            "config: data=gmm1d model=gmm_oracle schedule=cosine sampler",
+        ),
+    ],
+)
+def test_exact_model_runs_name_their_schedule_without_lightning(tmp_path, entry, overrides, line):
+    """The exact model's config line names its default schedule; sampling and evaluating it needs
+    no Lightning (its mixture comes from the data options, not from the data module)."""
+    result = run_cli(
+        entry,
+        *ORACLE,
+        *overrides,
+        "num_samples=20",
+        "nll.enabled=false" if entry == "eval" else "seed=0",
+        f"hydra.run.dir={tmp_path}",
+        env=IMPORT_TIME,
+    )
+    assert_ok(result)
+    assert any(text.startswith(line) or f"] - {line}" in text for text in user_lines(result)), (
+        user_lines(result)
+    )
+    assert not imported_lightning(result)
 
 
 def test_help_does_not_import_lightning():
@@ -169,3 +282,13 @@ def test_print_config_prints_the_tree(tmp_path):
     )
     assert_ok(result)
     assert "── model" in result.stdout and "_target_" in result.stdout
+
+
+def test_fid_callback_steps_are_its_samplers(capsys):
+    """configs/callbacks/fid.yaml is a plain node: the FID sampler's step count is set in one
+    place, ``callbacks.fid.sampler.steps``; the old overriding ``callbacks.fid.steps`` is gone."""
+    configs = str(ROOT / "configs")
+    check_overrides(configs, "train", ["callbacks.fid.sampler.steps=5"])
+    with pytest.raises(SystemExit):
+        check_overrides(configs, "train", ["+callbacks.fid.steps=5"])
+    assert "callbacks.fid.steps: FIDCallback has no option 'steps'" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from difforge.diffusion.samplers.deis import (
 from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
 from difforge.diffusion.samplers.dpmpp_2m_sde import sample_dpmpp_2m_sde
 from difforge.diffusion.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ancestral
-from difforge.diffusion.samplers.dpmpp_3m import check_dpmpp_3m_options, sample_dpmpp_3m
+from difforge.diffusion.samplers.dpmpp_3m import sample_dpmpp_3m
 from difforge.diffusion.samplers.dpmpp_3m_sde import sample_dpmpp_3m_sde
 from difforge.diffusion.samplers.dpmpp_multistep import check_dpmpp_multistep_options
 from difforge.diffusion.samplers.euler_ancestral import (
@@ -197,7 +197,7 @@ def test_sde_solvers_at_eta_0_are_the_ode_solvers(oracle1d):
         (check_unipc_options, {"solver_type": "bh3"}, r"solver_type must be one of bh1, bh2"),
         (check_unipc_options, {"corrector": "yes"}, r"sampler.corrector must be true or false"),
         (check_deis_options, {"order": 2.5}, r"in 1..3, got 2.5"),
-        (check_dpmpp_3m_options, {"solver_type": "rk"}, r"one of midpoint, heun; got 'rk'"),
+        (check_dpmpp_multistep_options, {"solver_type": "rk"}, r"one of midpoint, heun; got 'rk'"),
         (check_dpmpp_multistep_options, {"eta": -0.1}, r"sampler.eta must satisfy 0 <= eta, got"),
         (check_dpmpp_multistep_options, {"s_noise": -1.0}, r"sampler.s_noise must be >= 0"),
         (check_ancestral_options, {"eta": 1.5}, r"0 <= eta <= 1, got 1.5"),

@@ -7,8 +7,8 @@ sampler's default for the schedule), ``final_sigma`` and the values of the optio
 a variant of the method (``VARIANT_OPTIONS``, e.g. the order of a multistep solver); every
 other option keeps its default.
 
-NFE: a run at a budget of ``nfe`` uses the largest step count whose ``spec.nfe(steps,
-final_zero)`` is at most ``nfe`` and reports the calls ``Sampler`` counted.
+NFE: a run at a budget of ``nfe`` uses the largest step count whose ``Sampler.nfe(schedule)``
+is at most ``nfe`` and reports the calls ``Sampler`` counted.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from difforge.diffusion.samplers import SAMPLERS, Sampler
 from difforge.diffusion.schedules import NoiseSchedule
 from difforge.diffusion.sigma_grids import GRIDS
 
-# final_sigma="min" is not searched: a registry default cannot express it (``Sampler``'s
-# default is "zero"), and the search is the benchmark's cost.
-FINAL_SIGMAS = ("zero",)
+FINAL_SIGMAS = ("zero", "min")
 # Options that select a variant of the method, tried at these values. Options not listed
 # (eta, S_churn, ...) keep the function's default.
 VARIANT_OPTIONS: dict[str, tuple[Any, ...]] = {
@@ -43,16 +41,17 @@ TABLE_GRIDS = ("leading", "trailing", "linspace")
 
 @dataclass(frozen=True)
 class DifforgeConfig:
-    """One difforge sampler configuration; ``grid=None`` is the sampler's default grid."""
+    """One difforge sampler configuration; None (grid, final_sigma) and options left out are
+    the sampler's defaults for the schedule."""
 
     sampler: str
     grid: str | None = None
-    final_sigma: str = "zero"
+    final_sigma: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
-        parts = [self.grid or "default", f"final={self.final_sigma}"]
+        parts = [self.grid or "default", f"final={self.final_sigma or 'default'}"]
         parts += [f"{k}={v}" for k, v in self.options]
         return " ".join(parts)
 
@@ -103,23 +102,19 @@ def grid_configs(
             yield DifforgeConfig(name, grid, final, options)
 
 
-def can_be_default(config: DifforgeConfig) -> bool:
-    """Whether a registry default grid can express the configuration: ``final_sigma="zero"``
-    (``Sampler``'s default) and every variant option at the function's default."""
-    return config.final_sigma == "zero" and all(
-        value == _option_default(config.sampler, name) for name, value in config.options
-    )
-
-
 def explicit_default(sampler: str, schedule: NoiseSchedule) -> DifforgeConfig:
     """The sampler's defaults on ``schedule`` spelt out as a search configuration (its default
-    grid, final_sigma zero, its variant options at their defaults)."""
-    options = tuple(
-        (name, _option_default(sampler, name))
+    grid, final_sigma and variant options)."""
+    built = Sampler(sampler, 8)
+    options = built.options_for(schedule)
+    chosen = tuple(
+        (name, options.get(name, _option_default(sampler, name)))
         for name in SAMPLERS[sampler].options
         if name in VARIANT_OPTIONS
     )
-    return DifforgeConfig(sampler, SAMPLERS[sampler].default_grid(schedule), "zero", options)
+    return DifforgeConfig(
+        sampler, built.grid_for(schedule), built.final_sigma_for(schedule), chosen
+    )
 
 
 def default_config(sampler: str) -> DifforgeConfig:
@@ -127,19 +122,18 @@ def default_config(sampler: str) -> DifforgeConfig:
     return DifforgeConfig(sampler)
 
 
-def steps_for_nfe(config: DifforgeConfig, nfe: int) -> int:
-    """The largest step count whose NFE is at most ``nfe`` (ValueError if even 1 step is more)."""
-    spec = SAMPLERS[config.sampler]
-    final_zero = config.final_sigma == "zero"
-    steps = max((s for s in range(1, nfe + 1) if spec.nfe(s, final_zero) <= nfe), default=0)
-    if steps == 0:
+def steps_for_nfe(config: DifforgeConfig, nfe: int, schedule: NoiseSchedule) -> int:
+    """The largest step count whose NFE on ``schedule`` is at most ``nfe`` (ValueError if even
+    1 step is more)."""
+    fits = [s for s in range(1, nfe + 1) if config.sampler_for(s).nfe(schedule) <= nfe]
+    if not fits:
         raise ValueError(f"{config.sampler} needs more than {nfe} evaluations for one step")
-    return steps
+    return max(fits)
 
 
 def grid_of(config: DifforgeConfig, schedule: NoiseSchedule, nfe: int) -> Tensor:
     """The sigma grid the configuration walks at a budget of ``nfe``."""
-    return config.sampler_for(steps_for_nfe(config, nfe)).sigmas(schedule)
+    return config.sampler_for(steps_for_nfe(config, nfe, schedule)).sigmas(schedule)
 
 
 def run_difforge(
@@ -154,7 +148,7 @@ def run_difforge(
 
     Returns the samples and the NFE ``Sampler`` counted (<= ``nfe``).
     """
-    sampler = config.sampler_for(steps_for_nfe(config, nfe))
+    sampler = config.sampler_for(steps_for_nfe(config, nfe, schedule))
     result = sampler(
         oracle, schedule, tuple(noise.shape), dtype=noise.dtype, generator=generator, noise=noise
     )
@@ -164,5 +158,6 @@ def run_difforge(
 
 
 def grid_label(config: DifforgeConfig, schedule: NoiseSchedule) -> str:
-    """The grid a configuration walks on ``schedule``, its default resolved."""
-    return config.grid or SAMPLERS[config.sampler].default_grid(schedule)
+    """The grid and final level a configuration walks on ``schedule``, defaults resolved."""
+    built = config.sampler_for(8)
+    return f"{built.grid_for(schedule)}, final {built.final_sigma_for(schedule)}"

@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -100,10 +100,12 @@ def quiet_third_party() -> None:
 PLUMBING_GROUPS = ("hydra", "paths", "local")
 
 
-def print_config(cfg: DictConfig) -> None:
+def print_config(cfg: DictConfig, model_choices: Mapping[str, str] | None = None) -> None:
     """Save the resolved config as a tree to ``<run dir>/config_tree.log`` (the plain YAML is
     Hydra's ``.hydra/config.yaml``); print the tree with ``print_config=true``, else one line with
-    the config group choices."""
+    every config group choice, defaults included. ``model_choices``: the groups of the model when
+    the command does not choose them (a checkpoint's, the exact model's default schedule); they
+    come first and replace Hydra's empty choices."""
     from hydra.core.hydra_config import HydraConfig
 
     tree = config_tree(cfg)
@@ -112,19 +114,28 @@ def print_config(cfg: DictConfig) -> None:
 
         with open(output_dir() / "config_tree.log", "w") as file:
             Console(file=file, width=100, color_system=None).print(tree)
-        # Hydra records the choices last default first.
-        choices = " ".join(
-            f"{group}={choice}"
-            for group, choice in reversed(HydraConfig.get().runtime.choices.items())
-            if group not in PLUMBING_GROUPS
-            and not group.startswith("hydra/")
-            and choice is not None
-        )
+        choices = choices_line(HydraConfig.get().runtime.choices, model_choices or {})
         log.info("config: %s (full config: %s)", choices, output_dir() / "config_tree.log")
     if cfg.get("print_config", False):
         from rich import print as rich_print
 
         rich_print(tree)
+
+
+def choices_line(hydra_choices: Mapping[str, str | None], model_choices: Mapping[str, str]) -> str:
+    """``group=option`` for ``model_choices``, then for Hydra's other non-empty choices (in the
+    order of the defaults list), without the plumbing groups."""
+    choices = dict(model_choices)
+    # Hydra records the choices last default first.
+    for group, choice in reversed(list(hydra_choices.items())):
+        if (
+            group not in choices
+            and group not in PLUMBING_GROUPS
+            and not group.startswith("hydra/")
+            and choice is not None
+        ):
+            choices[group] = choice
+    return " ".join(f"{group}={choice}" for group, choice in choices.items())
 
 
 def config_tree(cfg: DictConfig) -> Any:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from difforge.cli.common import output_dir, print_config
-from difforge.cli.sample import load_model, pick_device, sampling_labels
+from difforge.cli.common import output_dir
+from difforge.cli.sample import OracleSampling, load_model, pick_device, sampling_labels
 from difforge.diffusion.gaussian_mixture import GaussianMixture
 from difforge.diffusion.likelihood import (
     bits_per_dim,
@@ -24,7 +24,9 @@ from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import DiscreteSchedule
 from difforge.errors import DifforgeError
 from difforge.metrics.mixture import mixture_metrics
-from difforge.training.module import DiffusionModule
+
+if TYPE_CHECKING:
+    from difforge.training.module import DiffusionModule
 
 log = logging.getLogger("difforge")
 NLL_METHODS = ("auto", "vlb", "ode")
@@ -75,7 +77,6 @@ PROTOCOL_ONLY = ("metrics.dinov2_weights", "metrics.dinov2_ref", "metrics.precis
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    print_config(cfg)
     device = pick_device(str(cfg.device))
     if OmegaConf.select(cfg, "metrics.fid_ref") is not None:
         return evaluate_with_reference(cfg, device)
@@ -96,7 +97,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     sampler: Sampler = instantiate(cfg.sampler)
     model, mixture, train_cfg = load_model(cfg, sampler, device)
     generator = torch.Generator(
-        device=device if isinstance(model, DiffusionModule) else "cpu"
+        device="cpu" if isinstance(model, OracleSampling) else device
     ).manual_seed(cfg.seed)
     labels = sampling_labels(cfg, model)
     result = model.generate(
@@ -123,7 +124,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     if mixture is not None:
         metrics.update(mixture_metrics(result.samples, mixture, seed=cfg.seed))
-    if isinstance(model, DiffusionModule):
+    if not isinstance(model, OracleSampling):
         assert train_cfg is not None  # a trained model comes with its training config
         metrics.update(evaluate_trained(model, train_cfg, cfg, result.samples))
     elif cfg.nll.enabled and mixture is not None:
@@ -198,7 +199,7 @@ def evaluate_with_reference(cfg: DictConfig, device: torch.device) -> dict[str, 
     reference = load_reference_file(cfg.metrics.fid_ref)
     sampler: Sampler = instantiate(cfg.sampler)
     model, _, _ = load_model(cfg, sampler, device)
-    if not isinstance(model, DiffusionModule) or len(model.data_shape) != 3:
+    if isinstance(model, OracleSampling) or len(model.data_shape) != 3:
         raise DifforgeError(
             "metrics.fid_ref needs a trained image model (ckpt_path= or pretrained=)"
         )

@@ -2,7 +2,9 @@
 the closest valid config group, option or key, instead of Hydra's multi-line message (which
 suggests ``+schedul=cosine`` for a misspelt ``schedule``).
 
-Imports only Hydra and OmegaConf, so a bad option fails in about a second, without Lightning.
+Imports only Hydra and OmegaConf, so a bad option fails in about a second, without Lightning;
+a key added with ``+`` into a node that builds an object (``+sampler.etaa=0.5``) imports that
+object's class, to check the key against its options.
 """
 
 from __future__ import annotations
@@ -103,7 +105,63 @@ def key_error(key: str, add_hint: str, config: DictConfig, groups: Sequence[str]
             return f"{key}: no such key {where}{add_hint}"
         suggestion = ".".join([*parts[:depth], match, *parts[depth + 1 :]])
         kind = "config group or key" if depth == 0 else "key"
+        if isinstance(node, DictConfig) and "_target_" in node:
+            # The node builds an object: its config file lists the options, so a near miss is a
+            # typo, not a new key (which would fail when the object is built).
+            add_hint = ""
         return f"{key}: no such {kind}; did you mean {suggestion}?{add_hint}"
+    return None
+
+
+def object_options(node: DictConfig) -> tuple[str, list[str]] | None:
+    """The name of the class ``node`` builds (its ``_target_``) and the keyword options it takes,
+    or None when it takes any (``**kwargs``) or cannot be imported. A ``Sampler`` takes its own
+    options and its algorithm's (``eta`` for ddim)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(str(node._target_))
+        parameters = list(inspect.signature(target).parameters.values())
+    except (ImportError, ValueError, TypeError):
+        return None
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    label = getattr(target, "__name__", str(node._target_))
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        from difforge.diffusion.samplers import Sampler
+        from difforge.diffusion.samplers.registry import get_sampler_spec
+
+        if target is not Sampler:
+            return None
+        try:
+            names += get_sampler_spec(str(node.get("algorithm"))).options
+        except ValueError:  # an unknown algorithm: the Sampler says so when built
+            return None
+        label = f"sampler {node.algorithm}"
+    return label, names
+
+
+def added_key_error(key: str, config: DictConfig) -> str | None:
+    """None if ``+key`` is an option of the objects on its path; else the first part that is not,
+    with the closest option of that object (``+sampler.etaa`` -> ``sampler.eta``)."""
+    parts = key.split(".")
+    node: Any = config
+    for depth, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        if "_target_" in node and not part.startswith("_"):  # _partial_, _convert_: Hydra's
+            found = object_options(node)
+            if found is not None and part not in found[1]:
+                label, options = found
+                match = closest(part, options)
+                hint = (
+                    f"; did you mean {'.'.join([*parts[:depth], match, *parts[depth + 1 :]])}?"
+                    if match
+                    else f" (its options: {', '.join(sorted(options))})"
+                )
+                return f"{key}: {label} has no option {part!r}{hint}"
+        node = node[part]
     return None
 
 
@@ -165,13 +223,25 @@ def check_overrides(config_dir: str, config_name: str, argv: Sequence[str]) -> N
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
         fail(one_line(error))
-    single = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line]
+    single_overrides = [o for o in parsed if not o.is_sweep_override() and o.input_line]
+    single = [str(o.input_line) for o in single_overrides]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         check_group_sweeps([o for o in parsed if o.is_sweep_override()])
         try:
-            compose(config_name, overrides=single, return_hydra_config=True)
+            config = compose(config_name, overrides=single, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as error:
             fail(explain(error, single, config_name))
+        check_added_keys(single_overrides, config)
+
+
+def check_added_keys(overrides: Sequence[Any], config: DictConfig) -> None:
+    """``+key=value`` (or ``++``) into a node that builds an object must name one of its options:
+    Hydra adds any key, and building the object would fail later, without a suggestion."""
+    for override in overrides:
+        if (override.is_add() or override.is_force_add()) and not override.is_hydra_override():
+            message = added_key_error(override.key_or_group, config)
+            if message is not None:
+                fail(message)
 
 
 def check_group_sweeps(sweeps: Sequence[Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,13 +13,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from difforge.cli.common import output_dir, print_config
+from difforge.data.mixtures import known_mixture
 from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import EDMSchedule
 from difforge.errors import DifforgeError
 from difforge.plotting import save_samples_figure, to_uint8_images
-from difforge.training.build import module_from_checkpoint
-from difforge.training.module import DiffusionModule
+
+if TYPE_CHECKING:
+    from difforge.training.module import DiffusionModule
 
 log = logging.getLogger("difforge")
 
@@ -67,14 +69,11 @@ class OracleSampling:
 CHECKPOINT_ONLY_OPTIONS = {"use_ema": True, "guidance_scale": None, "class_label": None}
 
 
-def known_mixture(data_cfg: DictConfig) -> Any:
-    """The exact law of the data (``datamodule.mixture``), or None when it is not known."""
-    if "Mixture" not in str(data_cfg.get("_target_", "")):
-        return None
-    return instantiate(data_cfg).mixture
+# The exact model's schedule when the command names none (its name in configs/schedule/).
+ORACLE_SCHEDULE = "edm"
 
 
-def load_oracle(cfg: DictConfig, sampler: Sampler) -> tuple[Any, Any, None]:
+def load_oracle(cfg: DictConfig, sampler: Sampler) -> tuple[OracleSampling, Any]:
     if cfg.get("model") is None:
         raise DifforgeError(
             "give ckpt_path=<checkpoint> (or model=gmm_oracle data=gmm1d for the exact model)"
@@ -101,7 +100,7 @@ def load_oracle(cfg: DictConfig, sampler: Sampler) -> tuple[Any, Any, None]:
         )
     oracle = instantiate(cfg.model, mixture=mixture)
     schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else EDMSchedule()
-    return OracleSampling(oracle, schedule, sampler), mixture, None
+    return OracleSampling(oracle, schedule, sampler), mixture
 
 
 def sampling_labels(cfg: DictConfig, model: Any) -> torch.Tensor | None:
@@ -125,17 +124,24 @@ def load_model(
     cfg: DictConfig, sampler: Sampler, device: torch.device
 ) -> tuple[Any, Any, DictConfig | None]:
     """The model to sample, the mixture of its data if known, and its training config (None for an
-    exact model or a diffusers pipeline)."""
+    exact model or a diffusers pipeline). Logs the config line, with the model's groups: the
+    checkpoint's, or the exact model's with its default schedule. Lightning is imported for
+    trained models only."""
     if cfg.get("pretrained") is not None:
+        print_config(cfg)
         return load_pretrained(cfg, sampler, device), None, None
     if cfg.ckpt_path is None:
-        return load_oracle(cfg, sampler)
+        oracle, mixture = load_oracle(cfg, sampler)
+        print_config(cfg, oracle_choices())
+        return oracle, mixture, None
     given = [group for group in ("data", "model", "schedule") if cfg.get(group) is not None]
     if given:
         raise DifforgeError(
             f"{', '.join(given)} cannot be chosen with ckpt_path: a checkpoint brings its own "
             "(drop them, or drop ckpt_path for model=gmm_oracle)"
         )
+    from difforge.training.build import module_from_checkpoint
+
     module, train_cfg = module_from_checkpoint(cfg.ckpt_path)
     module.sampler = sampler
     if cfg.get("guidance_scale") is not None:
@@ -146,7 +152,22 @@ def load_model(
             )
         module.guidance_scale = float(cfg.guidance_scale)
     module.to(device)
+    print_config(cfg, train_cfg.get("choices"))  # checkpoints from before 2026-11-30 have none
     return module, known_mixture(train_cfg.data), train_cfg
+
+
+def oracle_choices() -> dict[str, str]:
+    """The exact model's config groups: the command's, and its default schedule."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {
+        "data": choices["data"],
+        "model": choices["model"],
+        "schedule": choices.get("schedule") or ORACLE_SCHEDULE,
+    }
 
 
 def load_pretrained(cfg: DictConfig, sampler: Sampler, device: torch.device) -> DiffusionModule:
@@ -190,19 +211,18 @@ def load_noise(path: str, num_samples: int, data_shape: tuple[int, ...]) -> torc
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
-    print_config(cfg)
     if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
         raise DifforgeError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
     device = pick_device(str(cfg.device))
     sampler: Sampler = instantiate(cfg.sampler)
     model, mixture, _ = load_model(cfg, sampler, device)
     generator = torch.Generator(
-        device=device if isinstance(model, DiffusionModule) else "cpu"
+        device="cpu" if isinstance(model, OracleSampling) else device
     ).manual_seed(cfg.seed)
     labels = sampling_labels(cfg, model)
     noise = None
     if cfg.get("noise") is not None:
-        if not isinstance(model, DiffusionModule):
+        if isinstance(model, OracleSampling):
             raise DifforgeError("noise= needs a trained model (ckpt_path= or pretrained=)")
         noise = load_noise(str(cfg.noise), cfg.num_samples, model.data_shape)
     result = model.generate(

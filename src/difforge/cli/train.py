@@ -18,7 +18,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.errors import DifforgeError
-from difforge.training.build import build_module, resolve_precision
+from difforge.training.build import (
+    MODEL_GROUPS,
+    build_module,
+    resolve_learned_variance,
+    resolve_precision,
+)
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.fid_callback import BestCheckpoint
 from difforge.training.module import effective_batch_size
@@ -134,6 +139,7 @@ def resumed_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
         log.info(
             "resuming with the run's overrides and this command's on top: %s", " ".join(merged)
         )
+    resolve_learned_variance(effective)  # as the checkpoint's saved model config has it
     difference = first_difference(
         saved_config.get("model"), OmegaConf.to_container(effective.model, resolve=True), "model"
     )
@@ -261,9 +267,11 @@ def train(cfg: DictConfig) -> float | None:
     hparams["num_parameters"] = sum(p.numel() for p in module.denoiser.parameters())
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
+    choices = HydraConfig.get().runtime.choices
     module.run_config = {
         **(module.run_config or {}),
         "overrides": list(HydraConfig.get().overrides.task),
+        "choices": {group: choices[group] for group in MODEL_GROUPS if choices.get(group)},
     }
     if trainer.global_rank == 0:
         write_run_file(cfg)

@@ -3,50 +3,39 @@
 One Hydra config per dataset in ``configs/data/``: ``digits`` (embedded default), ``mnist``,
 ``fashion_mnist``, ``cifar10``, ``image_folder``, and the vector toys ``gmm1d``, ``gmm2d``,
 ``moons``, ``swiss_roll``. See :mod:`difforge.data.base` for the shared contract.
+
+The names below are imported on first use, so that ``difforge.data.options`` and
+``difforge.data.mixtures`` (no Lightning) load without the data modules.
 """
 
-from difforge.data.base import (
-    DataConfigError,
-    DataError,
-    DatasetDownloadError,
-    DatasetNotFoundError,
-    DiffusionDataModule,
-    ImageDataModule,
-    ImageReadError,
-)
-from difforge.data.digits import DigitsDataModule
-from difforge.data.image_folder import ImageFolderDataModule
-from difforge.data.torchvision_sets import (
-    CIFAR10DataModule,
-    FashionMNISTDataModule,
-    MNISTDataModule,
-    TorchvisionDataModule,
-)
-from difforge.data.toys import (
-    GaussianMixture2dDataModule,
-    GaussianMixtureDataModule,
-    MoonsDataModule,
-    SwissRollDataModule,
-    VectorDataModule,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "CIFAR10DataModule",
-    "DataConfigError",
-    "DataError",
-    "DatasetDownloadError",
-    "DatasetNotFoundError",
-    "DiffusionDataModule",
-    "DigitsDataModule",
-    "FashionMNISTDataModule",
-    "GaussianMixture2dDataModule",
-    "GaussianMixtureDataModule",
-    "ImageDataModule",
-    "ImageFolderDataModule",
-    "ImageReadError",
-    "MNISTDataModule",
-    "MoonsDataModule",
-    "SwissRollDataModule",
-    "TorchvisionDataModule",
-    "VectorDataModule",
-]
+# Each exported name and the module that defines it.
+_EXPORTS = {
+    "CIFAR10DataModule": "torchvision_sets",
+    "DataConfigError": "options",
+    "DataError": "options",
+    "DatasetDownloadError": "options",
+    "DatasetNotFoundError": "options",
+    "DiffusionDataModule": "base",
+    "DigitsDataModule": "digits",
+    "FashionMNISTDataModule": "torchvision_sets",
+    "GaussianMixture2dDataModule": "toys",
+    "GaussianMixtureDataModule": "toys",
+    "ImageDataModule": "base",
+    "ImageFolderDataModule": "image_folder",
+    "ImageReadError": "options",
+    "MNISTDataModule": "torchvision_sets",
+    "MoonsDataModule": "toys",
+    "SwissRollDataModule": "toys",
+    "TorchvisionDataModule": "torchvision_sets",
+    "VectorDataModule": "toys",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -17,7 +17,7 @@ Splits are deterministic and disjoint: they depend only on the data and on ``see
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -28,74 +28,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from difforge.errors import DataError
+from difforge.data.options import (
+    DataConfigError,
+    check_choice,
+    check_int,
+    check_num_classes,
+)
 
 SPLITS = ("train", "val", "test")
-
-
-# --------------------------------------------------------------------------------------- errors
-class DataConfigError(DataError, ValueError):
-    """An invalid data option (the message names the ``data.<key>`` to change)."""
-
-
-class DatasetNotFoundError(DataError, FileNotFoundError):
-    """Dataset files are missing; the message says which, where they go and how to get them."""
-
-
-class DatasetDownloadError(DataError, RuntimeError):
-    """A requested download failed (typically: no internet)."""
-
-
-class ImageReadError(DataError, OSError):
-    """An image file could not be read or decoded; the message names the file."""
-
-
-# ----------------------------------------------------------------------------------- validation
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int ``>= minimum``, else a :class:`DataConfigError` naming ``data.name``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise DataConfigError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise DataConfigError(f"data.{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def check_fractions(val_fraction: Any, test_fraction: Any) -> tuple[float, float]:
-    val, test = (
-        check_fraction("val_fraction", val_fraction),
-        check_fraction("test_fraction", test_fraction),
-    )
-    if val + test >= 1:
-        raise DataConfigError(
-            f"data.val_fraction + data.test_fraction must be < 1 (the rest is the train split), "
-            f"got {val} + {test}"
-        )
-    return val, test
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
-    if value not in choices:
-        raise DataConfigError(f"data.{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def check_num_classes(value: Any, native: int, dataset: str) -> int:
-    """Labelled data accept their number of classes, or 0 to drop the labels (``y`` all zero);
-    unlabelled data (``native`` 0) accept 0 only."""
-    if value not in (native, 0) or isinstance(value, bool):
-        if not native:
-            raise DataConfigError(
-                f"{dataset} is unlabelled: data.num_classes must be 0, got {value!r}"
-            )
-        raise DataConfigError(
-            f"{dataset} has {native} classes: data.num_classes must be {native} "
-            f"(class labels) or 0 (unlabelled), got {value!r}"
-        )
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------- splits

@@ -15,14 +15,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from difforge.data.base import (
-    ArrayDataset,
-    DataConfigError,
-    ImageDataModule,
-    check_fractions,
-    resize_images,
-    split_indices,
-)
+from difforge.data.base import ArrayDataset, ImageDataModule, resize_images, split_indices
+from difforge.data.options import DataConfigError, check_fractions
 
 
 class DigitsDataModule(ImageDataModule):

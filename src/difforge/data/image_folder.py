@@ -25,14 +25,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from difforge.data.base import (
-    ArrayDataset,
+from difforge.data.base import ArrayDataset, ImageDataModule, split_indices
+from difforge.data.options import (
     DataConfigError,
     DatasetNotFoundError,
-    ImageDataModule,
     ImageReadError,
     check_fractions,
-    split_indices,
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")

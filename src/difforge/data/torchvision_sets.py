@@ -29,16 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from difforge.data.base import (
-    ArrayDataset,
+from difforge.data.base import ArrayDataset, ImageDataModule, resize_images, split_indices
+from difforge.data.options import (
     DataConfigError,
     DatasetDownloadError,
     DatasetNotFoundError,
-    ImageDataModule,
     check_choice,
     check_int,
-    resize_images,
-    split_indices,
 )
 
 

@@ -12,35 +12,17 @@ three splits (disjoint, deterministic). Vectors are **not** scaled to ``[-1, 1]`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from difforge.data.base import (
-    ArrayDataset,
-    DataConfigError,
-    DiffusionDataModule,
-    check_choice,
-    check_int,
-)
-from difforge.diffusion.gaussian_mixture import GaussianMixture
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (Hydra passes ListConfig) to plain Python lists."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
+from difforge.data.base import ArrayDataset, DiffusionDataModule
+from difforge.data.mixtures import gaussian_mixture_law, layout_components
+from difforge.data.options import DataConfigError, check_int
 
 
 class VectorDataModule(DiffusionDataModule):
@@ -140,44 +122,10 @@ class GaussianMixtureDataModule(VectorDataModule):
             num_val=num_val,
             num_test=num_test,
         )
-        try:
-            self.mixture = GaussianMixture(_plain(weights), _plain(means), _plain(stds))
-        except (ValueError, TypeError, RuntimeError) as error:
-            raise DataConfigError(f"invalid data.weights/means/stds: {error}") from None
-        k = self.mixture.num_components
-        if self.mixture.dim != self.dim:
-            raise DataConfigError(
-                f"the mixture means are {self.mixture.dim}-dimensional but data.dim={self.dim}: "
-                f"set data.dim={self.mixture.dim}"
-            )
-        if self._num_classes not in (k, 0):
-            raise DataConfigError(
-                f"the mixture has {k} components: data.num_classes must be {k} (component "
-                f"labels) or 0 (unlabelled), got {self._num_classes}"
-            )
+        self.mixture = gaussian_mixture_law(weights, means, stds, dim, num_classes)
 
     def _generate(self, n: int) -> tuple[Tensor, Tensor]:
         return self.mixture.sample(n, torch.Generator().manual_seed(self.seed))
-
-
-def mixture_layout(layout: str, num_components: int, radius: float) -> Tensor:
-    """Means of a 2-D layout: ``ring`` (``num_components`` equally spaced on a circle of
-    ``radius``, the first at angle 0) or ``grid`` (a square grid of ``num_components = m^2``
-    points spanning ``[-radius, radius]^2``)."""
-    if layout == "ring":
-        angle = 2 * math.pi * torch.arange(num_components, dtype=torch.float64) / num_components
-        return radius * torch.stack([angle.cos(), angle.sin()], dim=1)
-    side = math.isqrt(num_components)
-    if side * side != num_components:
-        raise DataConfigError(
-            f"data.layout=grid needs a square data.num_components (4, 9, 16, 25, ...), "
-            f"got {num_components}"
-        )
-    axis = (
-        torch.linspace(-radius, radius, side, dtype=torch.float64) if side > 1 else torch.zeros(1)
-    )
-    gx, gy = torch.meshgrid(axis, axis, indexing="ij")
-    return torch.stack([gx.flatten(), gy.flatten()], dim=1).to(torch.float64)
 
 
 class GaussianMixture2dDataModule(GaussianMixtureDataModule):
@@ -217,34 +165,16 @@ class GaussianMixture2dDataModule(GaussianMixtureDataModule):
         num_val: int = 5_000,
         num_test: int = 5_000,
     ) -> None:
-        if dim != 2:
-            raise DataConfigError(f"gmm2d is 2-dimensional: data.dim must be 2, got {dim!r}")
-        self.layout = check_choice("layout", layout, ("ring", "grid", "custom"))
-        k = check_int("num_components", num_components)
-        if layout == "custom":
-            if means is None or stds is None:
-                raise DataConfigError("data.layout=custom needs data.means (K x 2) and data.stds")
-            if len(_plain(means)) != k:
-                raise DataConfigError(
-                    f"data.means has {len(_plain(means))} components but data.num_components="
-                    f"{k}: set data.num_components={len(_plain(means))}"
-                )
-        else:
-            if means is not None or stds is not None:
-                raise DataConfigError(
-                    f"data.means/data.stds are only used with data.layout=custom "
-                    f"(layout={layout} places the means itself)"
-                )
-            if isinstance(std, bool) or not isinstance(std, int | float) or std <= 0:
-                raise DataConfigError(f"data.std must be a positive number, got {std!r}")
-            means = mixture_layout(layout, k, float(radius))  # type: ignore[assignment]
-            stds = [float(std)] * k
+        weights, means, stds = layout_components(  # type: ignore[assignment]
+            layout, num_components, radius, std, weights, means, stds, dim
+        )
+        self.layout = layout
         super().__init__(
             batch_size,
             num_workers,
             pin_memory,
             seed,
-            weights=[1.0] * k if weights is None else weights,
+            weights=weights,  # type: ignore[arg-type]
             means=means,  # type: ignore[arg-type]
             stds=stds,
             dim=dim,

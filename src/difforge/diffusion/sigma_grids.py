@@ -10,6 +10,15 @@ number of training timesteps and N the steps (timestep index ``t - 1`` in ``[0, 
 - ``trailing``: ``round(arange(T, 0, -T / N)) - 1`` (starts at t = T: pure noise under zero
   terminal SNR; Lin et al., sec. 3.3).
 
+diffusers' multistep schedulers (DPMSolverMultistep, UniPCMultistep, DEISMultistep) read
+``linspace`` and ``leading`` differently, and so do the samplers registered with
+``multistep_spacing`` (``SamplerSpec``): the spacing is laid over ``N + 1`` points and its last
+one, t = 1, is dropped, so the last step runs from the lowest kept timestep to the final level
+instead of spending an evaluation between sigma at t = 1 and 0:
+
+- ``linspace``: ``round(linspace(0, T - 1, N + 1))``, reversed, without its last 0;
+- ``leading``:  ``arange(N + 1) * (T // (N + 1))``, reversed, without its last 0.
+
 Continuous grids between ``sigma_min`` and ``sigma_max`` (any schedule; a discrete network is
 queried at fractional timesteps):
 
@@ -64,9 +73,19 @@ def trailing_timesteps(num_timesteps: int, steps: int) -> Tensor:
     return ramp.round().long() - 1
 
 
+def _over_one_more_point(spacing: Callable[[int, int], Tensor]) -> Callable[[int, int], Tensor]:
+    """The multistep schedulers' reading of a spacing: ``N + 1`` points, the last (t = 1) dropped."""
+    return lambda num_timesteps, steps: spacing(num_timesteps, steps + 1)[:-1]
+
+
 TIMESTEP_SPACINGS: dict[str, Callable[[int, int], Tensor]] = {
     "linspace": linspace_timesteps,
     "leading": leading_timesteps,
+    "trailing": trailing_timesteps,
+}
+MULTISTEP_SPACINGS: dict[str, Callable[[int, int], Tensor]] = {
+    "linspace": _over_one_more_point(linspace_timesteps),
+    "leading": _over_one_more_point(leading_timesteps),
     "trailing": trailing_timesteps,
 }
 
@@ -160,11 +179,13 @@ def _append_final(levels: Tensor, final: float) -> Tensor:
     return levels
 
 
-def discrete_sigmas(schedule: DiscreteSchedule, steps: int, spacing: str = "linspace") -> Tensor:
+def discrete_sigmas(
+    schedule: DiscreteSchedule, steps: int, spacing: str = "linspace", multistep: bool = False
+) -> Tensor:
     """The schedule's own sigmas at the spacing's timesteps, then 0: ``steps + 1`` values.
 
     Timesteps above the schedule's top (a clipped last beta, see ``DiscreteSchedule``) move down
-    to it.
+    to it. ``multistep``: the multistep schedulers' reading of ``linspace`` and ``leading``.
 
     Raises:
         ValueError: ``steps`` above the number of timesteps.
@@ -177,7 +198,8 @@ def discrete_sigmas(schedule: DiscreteSchedule, steps: int, spacing: str = "lins
     top = int(
         torch.searchsorted(schedule.sigmas, torch.tensor(schedule.sigma_max, dtype=torch.float64))
     )
-    indices = TIMESTEP_SPACINGS[spacing](schedule.num_timesteps, steps).clamp(max=top)
+    spacings = MULTISTEP_SPACINGS if multistep else TIMESTEP_SPACINGS
+    indices = spacings[spacing](schedule.num_timesteps, steps).clamp(max=top)
     return _append_final(schedule.sigmas[indices.unique_consecutive()], 0.0)
 
 
@@ -189,6 +211,7 @@ def sigma_grid(
     sigma_max: float | None = None,
     rho: float | None = None,
     final_sigma: str = "zero",
+    multistep: bool = False,
 ) -> Tensor:
     """The grid named ``grid`` for ``schedule``: float64, decreasing, ``steps + 1`` values.
 
@@ -198,6 +221,9 @@ def sigma_grid(
         rho: exponent of ``karras`` and ``polynomial`` (default 7); not used by ``flow``.
         final_sigma: ``zero`` ends at sigma = 0 (the last step returns the denoised estimate);
             ``min`` ends at the schedule's smallest sigma (diffusers' ``final_sigmas_type``).
+        multistep: read ``linspace`` and ``leading`` as diffusers' multistep schedulers do
+            (``MULTISTEP_SPACINGS``); with ``final_sigma="min"`` every sampler does, so that
+            the grid has ``steps`` steps ending at t = 1.
 
     Raises:
         ValueError: unknown grid or final_sigma, a timestep spacing on a continuous schedule or
@@ -214,7 +240,8 @@ def sigma_grid(
                 f"sampler.grid={grid!r} takes the schedule's own timesteps: sigma_min/sigma_max "
                 f"apply only to {', '.join(CONTINUOUS_GRIDS)}"
             )
-        sigmas = discrete_sigmas(schedule, steps, grid)
+        # Ending at sigma_min (t = 1) takes the N + 1 points whatever the convention: N steps.
+        sigmas = discrete_sigmas(schedule, steps, grid, multistep or final_sigma == "min")
         return _append_final(sigmas[:-1], final)
     check_steps(steps)
     lo = schedule.sigma_min if sigma_min is None else float(sigma_min)

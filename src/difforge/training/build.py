@@ -12,17 +12,11 @@ from difforge.errors import CheckpointError
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.module import DiffusionModule
 
+# The config groups that define a trained model: their choices are saved in every checkpoint
+# (``choices``), for sample.py and eval.py to name.
+MODEL_GROUPS = ("data", "model", "schedule", "parameterization", "loss", "noise_law")
 # The parts of a run's config that define its model; saved in every checkpoint.
-MODEL_CONFIG_KEYS = (
-    "data",
-    "model",
-    "schedule",
-    "parameterization",
-    "loss",
-    "noise_law",
-    "sampler",
-    "module",
-)
+MODEL_CONFIG_KEYS = (*MODEL_GROUPS, "sampler", "module")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -105,7 +99,20 @@ def check_one_sigma_data(cfg: DictConfig) -> None:
         raise ValueError(f"sigma_data must be one value, set once with sigma_data=...; got {given}")
 
 
+def resolve_learned_variance(cfg: DictConfig) -> None:
+    """``model.learned_variance: null`` (every model config's default) becomes what the loss
+    trains: true for a loss with a learned variance (``loss=hybrid``), else false. An explicit
+    value is kept; the module refuses one the loss cannot train."""
+    model, loss = cfg.get("model"), cfg.get("loss")
+    if model is None or loss is None or model.get("learned_variance", False) is not None:
+        return
+    from hydra.utils import get_class
+
+    model.learned_variance = bool(getattr(get_class(loss._target_), "learned_variance", False))
+
+
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
+    resolve_learned_variance(cfg)
     check_model_config_fits_data(cfg.model, data_shape)
     check_one_sigma_data(cfg)
     net = instantiate(cfg.model)

@@ -82,8 +82,8 @@ class FIDCallback(Callback):
         every_n_steps: when set, replaces ``every_n_epochs``: evaluate at the first validation
             end at least this many optimizer steps after the last evaluation.
         num_samples: generated samples per evaluation, over all ranks.
-        sampler: a ``difforge.diffusion.samplers.Sampler`` (None: the module's).
-        steps: override the sampler's step count (None: keep it).
+        sampler: a ``difforge.diffusion.samplers.Sampler`` (None: the module's); its steps are
+            ``callbacks.fid.sampler.steps``.
         seed: base seed; rank ``r`` draws with ``seed + r`` (the same noise every evaluation).
         batch_size: generation and feature batch size.
         reference_split, num_reference: real images for the reference (None: the whole split).
@@ -101,7 +101,6 @@ class FIDCallback(Callback):
         every_n_steps: int | None = None,
         num_samples: int = 1000,
         sampler: Sampler | None = None,
-        steps: int | None = None,
         seed: int = 0,
         batch_size: int = 256,
         reference_split: str = "train",
@@ -125,10 +124,6 @@ class FIDCallback(Callback):
             raise DifforgeError(
                 f"callbacks.fid.num_samples must be an integer >= 2, got {num_samples!r}"
             )
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise DifforgeError(
-                f"callbacks.fid.steps must be null or an integer >= 1, got {steps!r}"
-            )
         if isinstance(feature, str) and feature not in ("auto", "digits_classifier", "inception"):
             raise DifforgeError(
                 f"callbacks.fid.feature must be auto, digits_classifier or inception, got {feature!r}"
@@ -137,7 +132,6 @@ class FIDCallback(Callback):
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.sampler = sampler
-        self.steps = steps
         self.seed = seed
         self.batch_size = batch_size
         self.reference_split = reference_split
@@ -233,12 +227,6 @@ class FIDCallback(Callback):
             num_features = self.reference.num_features
             self.metrics = FeatureMetrics(num_features, self.kid_subset_size, self.kid_subsets)
 
-    def _sampler(self, pl_module: L.LightningModule) -> Sampler | None:
-        if self.steps is None:
-            return self.sampler
-        base: Sampler = self.sampler or pl_module.sampler  # type: ignore[assignment]
-        return base.replace(steps=self.steps)
-
     # ----- schedule
     def should_evaluate(self, trainer: L.Trainer) -> bool:
         if not self.enabled or trainer.sanity_checking:
@@ -285,7 +273,7 @@ class FIDCallback(Callback):
             generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + rank)
             samples = pl_module.generate(  # type: ignore[operator]
                 count,
-                sampler=self._sampler(pl_module),
+                sampler=self.sampler,
                 class_labels=labels,
                 generator=generator,
                 batch_size=self.batch_size,

@@ -62,14 +62,17 @@ class Sampler:
 
     Args:
         algorithm: a name in ``SAMPLERS`` (``sampler=<name>``).
-        steps: number of steps (grid intervals); NFE = ``SAMPLERS[algorithm].nfe(steps)``.
+        steps: number of steps (grid intervals); NFE: ``Sampler.nfe(schedule)``.
         grid: a name in ``sigma_grids.GRIDS``; None picks the algorithm's default for the kind
-            of schedule (``SamplerSpec.default_grids``, chosen by benchmark).
-        final_sigma: ``zero`` (the last step returns the denoised estimate) or ``min``.
+            of schedule (``SamplerSpec.defaults``, chosen by benchmark).
+        final_sigma: ``zero`` (the last step returns the denoised estimate) or ``min`` (the
+            last step ends at the schedule's smallest sigma); None: the algorithm's default.
         sigma_min, sigma_max: range of continuous grids; None uses the schedule's.
         rho: exponent of the ``karras`` and ``polynomial`` grids (None: 7).
         **options: the algorithm's own options (``eta`` for ddim, ``variance`` for ddpm,
-            ``S_churn``... for euler/heun), checked against its signature and values.
+            ``S_churn``... for euler/heun), checked against its signature and values; an
+            option set to None takes the algorithm's default for the kind of schedule
+            (``SamplerSpec.defaults``) or else its signature's.
 
     Raises:
         ValueError: one line naming the bad value and what is allowed.
@@ -80,7 +83,7 @@ class Sampler:
         algorithm: str,
         steps: int,
         grid: str | None = None,
-        final_sigma: str = "zero",
+        final_sigma: str | None = None,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         rho: float | None = None,
@@ -88,13 +91,14 @@ class Sampler:
     ) -> None:
         self.spec = get_sampler_spec(algorithm)
         check_steps(steps)
-        check_grid(grid, final_sigma, rho)
+        check_grid(grid, final_sigma or "zero", rho)
         unknown = sorted(set(options) - set(self.spec.options))
         if unknown:
             allowed = ", ".join(self.spec.options) or "none"
             raise ValueError(
                 f"unknown option {unknown[0]!r} for sampler {algorithm!r}; its options: {allowed}"
             )
+        options = {name: value for name, value in options.items() if value is not None}
         self.spec.check(**options)
         self.algorithm = algorithm
         self.steps = steps
@@ -126,6 +130,23 @@ class Sampler:
     def grid_for(self, schedule: NoiseSchedule) -> str:
         return self.grid or self.spec.default_grid(schedule)
 
+    def final_sigma_for(self, schedule: NoiseSchedule) -> str:
+        return self.final_sigma or str(self.spec.defaults_for(schedule)["final_sigma"])
+
+    def options_for(self, schedule: NoiseSchedule) -> dict[str, Any]:
+        """The options the solver runs with on ``schedule``: the ones set, then the defaults
+        of the kind of schedule (``SamplerSpec.defaults``)."""
+        defaults = self.spec.defaults_for(schedule)
+        chosen = {name: defaults[name] for name in self.spec.options if name in defaults}
+        return {**chosen, **self.options}
+
+    def nfe(self, schedule: NoiseSchedule) -> int:
+        """Network evaluations per sample on ``schedule`` (the grid's final level and a start
+        at sigma = inf change it; ``SamplerSpec.nfe``)."""
+        grid = self.sigmas(schedule)
+        steps = len(grid) - 1
+        return self.spec.nfe(steps, float(grid[-1]) == 0, math.isinf(float(grid[0])))
+
     def sigmas(self, schedule: NoiseSchedule) -> Tensor:
         """The decreasing float64 grid for ``schedule``; it starts at inf under zero terminal SNR."""
         return sigma_grid(
@@ -135,7 +156,8 @@ class Sampler:
             self.sigma_min,
             self.sigma_max,
             self.rho,
-            self.final_sigma,
+            self.final_sigma_for(schedule),
+            self.spec.multistep_spacing,
         )
 
     def __call__(
@@ -194,7 +216,7 @@ class Sampler:
             generator=generator,
             callback=callback,
             class_labels=class_labels,
-            **self.options,
+            **self.options_for(schedule),
         )
         return SampleResult(samples, counter.nfe, grid)
 

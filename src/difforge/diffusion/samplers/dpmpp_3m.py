@@ -19,16 +19,7 @@ import torch
 from torch import Tensor
 
 from difforge.diffusion.samplers.common import DenoiserFn, StepCallback
-from difforge.diffusion.samplers.dpmpp_multistep import (
-    check_dpmpp_multistep_options,
-    dpmpp_multistep,
-)
-
-
-def check_dpmpp_3m_options(
-    *, solver_type: str = "midpoint", lower_order_final: bool = True
-) -> None:
-    check_dpmpp_multistep_options(solver_type=solver_type, lower_order_final=lower_order_final)
+from difforge.diffusion.samplers.dpmpp_multistep import dpmpp_multistep
 
 
 def sample_dpmpp_3m(

@@ -19,7 +19,7 @@ from difforge.diffusion.samplers.deis import check_deis_options, sample_deis
 from difforge.diffusion.samplers.dpmpp_2m import sample_dpmpp_2m
 from difforge.diffusion.samplers.dpmpp_2m_sde import sample_dpmpp_2m_sde
 from difforge.diffusion.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ancestral
-from difforge.diffusion.samplers.dpmpp_3m import check_dpmpp_3m_options, sample_dpmpp_3m
+from difforge.diffusion.samplers.dpmpp_3m import sample_dpmpp_3m
 from difforge.diffusion.samplers.dpmpp_3m_sde import sample_dpmpp_3m_sde
 from difforge.diffusion.samplers.dpmpp_multistep import check_dpmpp_multistep_options
 from difforge.diffusion.samplers.euler import check_churn, sample_euler
@@ -51,9 +51,14 @@ class SamplerSpec:
             solvers' ``eta``, EDM's ``S_churn``), with the default of the solver's signature.
         evals_per_step: network evaluations per step; a step to sigma = 0 needs one only.
         check: raises ValueError for bad option values (names are checked from ``fn``).
-        default_grids: default grid per kind of schedule (``discrete``, ``continuous``), the
-            best measured at 5-20 NFE by ``scripts/bench_samplers.py`` (docs/benchmarks.md,
-            section 3, "grid choice").
+        defaults: per kind of schedule (``discrete``, ``continuous``), the ``Sampler``
+            settings used when the user leaves them unset: ``grid``, ``final_sigma`` and any of
+            the solver's options; the best measured at 5-20 NFE by
+            ``scripts/bench_samplers.py`` (docs/benchmarks.md, section 3, "grid choice").
+            Options not named here keep the default of the solver's signature.
+        multistep_spacing: read the ``linspace`` and ``leading`` grids as diffusers' multistep
+            schedulers do (``sigma_grids.MULTISTEP_SPACINGS``), for the solvers diffusers runs
+            in those schedulers.
     """
 
     name: str
@@ -63,9 +68,10 @@ class SamplerSpec:
     evals_per_step: int = 1
     noise_options: tuple[str, ...] = ()
     check: Callable[..., None] = _no_options
-    default_grids: dict[str, str] = field(
-        default_factory=lambda: {"discrete": "trailing", "continuous": "karras"}
+    defaults: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"discrete": {"grid": "trailing"}, "continuous": {"grid": "karras"}}
     )
+    multistep_spacing: bool = False
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -78,8 +84,13 @@ class SamplerSpec:
             options.get(name, defaults[name].default) > 0 for name in self.noise_options
         )
 
+    def defaults_for(self, schedule: NoiseSchedule) -> dict[str, Any]:
+        """``grid``, ``final_sigma`` and the option values used on ``schedule`` when unset."""
+        chosen = self.defaults["discrete" if schedule.is_discrete else "continuous"]
+        return {"final_sigma": "zero", **chosen}
+
     def default_grid(self, schedule: NoiseSchedule) -> str:
-        return self.default_grids["discrete" if schedule.is_discrete else "continuous"]
+        return str(self.defaults_for(schedule)["grid"])
 
     def nfe(self, steps: int, final_zero: bool = True, from_infinity: bool = False) -> int:
         """Network evaluations per sample for ``steps`` steps; a step to sigma = 0 and the exact
@@ -87,16 +98,33 @@ class SamplerSpec:
         single = int(final_zero) + int(from_infinity and steps > 1)
         return self.evals_per_step * steps - (self.evals_per_step - 1) * single
 
-    def steps_for_nfe(self, nfe: int) -> int:
-        """The most steps whose NFE (ending at sigma = 0) does not exceed ``nfe`` (at least 1)."""
-        return max(1, (nfe + self.evals_per_step - 1) // self.evals_per_step)
+    def steps_for_nfe(self, nfe: int, final_zero: bool = True) -> int:
+        """The most steps whose NFE (ending at sigma = 0, or above it) does not exceed ``nfe``
+        (at least 1)."""
+        fits = [s for s in range(1, nfe + 1) if self.nfe(s, final_zero) <= nfe]
+        return max(fits, default=1)
+
+
+# Defaults measured best at 5-20 NFE on the exact score (docs/benchmarks.md, section 3, "grid
+# choice"): the flow grid (t = sigma / (1 + sigma) uniform) ending at sigma_min wins for most.
+FLOW_MIN: dict[str, Any] = {"grid": "flow", "final_sigma": "min"}
+
+
+def _on_both(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The same default settings on discrete and continuous schedules."""
+    return {kind: dict(settings) for kind in ("discrete", "continuous")}
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
     spec.name: spec
     for spec in (
         SamplerSpec(
-            "ddpm", sample_ddpm, True, "ancestral DDPM (Ho et al. 2020)", check=check_ddpm_options
+            "ddpm",
+            sample_ddpm,
+            True,
+            "ancestral DDPM (Ho et al. 2020)",
+            check=check_ddpm_options,
+            defaults=_on_both({**FLOW_MIN, "variance": "large"}),
         ),
         SamplerSpec(
             "ddim",
@@ -105,6 +133,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "DDIM (Song et al. 2021), eta",
             noise_options=("eta",),
             check=check_ddim_options,
+            defaults={"discrete": {"grid": "trailing"}, "continuous": FLOW_MIN},
         ),
         SamplerSpec(
             "euler",
@@ -113,6 +142,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "Euler, EDM churn",
             noise_options=("S_churn",),
             check=check_churn,
+            defaults={"discrete": {"grid": "trailing"}, "continuous": FLOW_MIN},
         ),
         SamplerSpec(
             "heun",
@@ -122,22 +152,28 @@ SAMPLERS: dict[str, SamplerSpec] = {
             2,
             noise_options=("S_churn",),
             check=check_churn,
-            default_grids={"discrete": "leading", "continuous": "karras"},
+            defaults={
+                "discrete": {"grid": "leading", "final_sigma": "min"},
+                "continuous": {"grid": "karras", "final_sigma": "min"},
+            },
         ),
         SamplerSpec(
             "dpmpp_2m",
             sample_dpmpp_2m,
             False,
             "DPM-Solver++(2M) (Lu et al. 2022)",
-            default_grids={"discrete": "trailing", "continuous": "log_snr"},
+            check=check_dpmpp_multistep_options,
+            defaults=_on_both({**FLOW_MIN, "solver_type": "heun"}),
+            multistep_spacing=True,
         ),
         SamplerSpec(
             "dpmpp_3m",
             sample_dpmpp_3m,
             False,
             "DPM-Solver++(3M) (Lu et al. 2022)",
-            check=check_dpmpp_3m_options,
-            default_grids={"discrete": "trailing", "continuous": "log_snr"},
+            check=check_dpmpp_multistep_options,
+            defaults=_on_both({**FLOW_MIN, "solver_type": "heun"}),
+            multistep_spacing=True,
         ),
         SamplerSpec(
             "dpmpp_2m_sde",
@@ -146,7 +182,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "SDE-DPM-Solver++(2M), eta",
             noise_options=("eta",),
             check=check_dpmpp_multistep_options,
-            default_grids={"discrete": "trailing", "continuous": "log_snr"},
+            defaults={"discrete": {"grid": "leading"}, "continuous": FLOW_MIN},
+            multistep_spacing=True,
         ),
         SamplerSpec(
             "dpmpp_3m_sde",
@@ -155,7 +192,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "SDE-DPM-Solver++(3M), eta",
             noise_options=("eta",),
             check=check_dpmpp_multistep_options,
-            default_grids={"discrete": "trailing", "continuous": "log_snr"},
+            defaults={"discrete": {"grid": "leading"}, "continuous": FLOW_MIN},
+            multistep_spacing=True,
         ),
         SamplerSpec(
             "euler_ancestral",
@@ -164,6 +202,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "Euler ancestral (k-diffusion), eta",
             noise_options=("eta",),
             check=check_ancestral_options,
+            defaults=_on_both(FLOW_MIN),
         ),
         SamplerSpec(
             "dpmpp_2s_ancestral",
@@ -173,7 +212,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             2,
             noise_options=("eta",),
             check=check_ancestral_options,
-            default_grids={"discrete": "trailing", "continuous": "polynomial"},
+            defaults=_on_both(FLOW_MIN),
         ),
         SamplerSpec(
             "unipc",
@@ -181,7 +220,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
             False,
             "UniPC (Zhao et al. 2023), bh1/bh2, order 1-3",
             check=check_unipc_options,
-            default_grids={"discrete": "trailing", "continuous": "log_snr"},
+            defaults=_on_both(FLOW_MIN),
+            multistep_spacing=True,
         ),
         SamplerSpec(
             "deis",
@@ -189,6 +229,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
             False,
             "DEIS (Zhang & Chen 2023), order 1-3",
             check=check_deis_options,
+            defaults={
+                "discrete": {"grid": "log_snr", "final_sigma": "min", "order": 3},
+                "continuous": {"grid": "karras", "final_sigma": "min", "order": 3},
+            },
+            multistep_spacing=True,
         ),
     )
 }
