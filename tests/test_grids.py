@@ -184,6 +184,22 @@ def test_every_sampler_starts_from_pure_noise(algorithm, gmm1d, oracle1d):
     assert metrics["w1"] < 0.06 and metrics["mode_mass_error"] < 0.02, metrics
 
 
+@pytest.mark.parametrize(
+    "final_sigma,budgets",
+    # Heun: 2 evaluations per step, one for a last step to sigma = 0 (EDM alg. 2).
+    [("zero", {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 50: 25}), ("min", {2: 1, 3: 1, 4: 2, 5: 2, 50: 25})],
+)
+def test_steps_for_nfe_is_the_most_steps_within_the_budget(final_sigma, budgets):
+    schedule = LinearSchedule()
+    heun = Sampler("heun", 7, final_sigma=final_sigma)
+    for nfe, steps in budgets.items():
+        assert heun.steps_for_nfe(nfe, schedule) == steps
+        assert heun.replace(steps=steps).nfe(schedule) <= nfe
+    assert Sampler("ddim", 3).steps_for_nfe(10, schedule) == 10
+    with pytest.raises(ValueError, match="heun needs more than 1 evaluations for one step"):
+        Sampler("heun", 1, final_sigma="min").steps_for_nfe(1, schedule)
+
+
 def test_one_step_from_pure_noise_returns_the_mean(oracle1d, gmm1d):
     result = Sampler("ddim", 1, grid="trailing")(
         oracle1d, LinearSchedule(rescale_zero_terminal_snr=True), (3, 1), dtype=torch.float64

@@ -189,7 +189,9 @@ def test_nfe_sweep_error_falls_with_nfe(
     table = efficiency.markdown_table(records, algorithms)
     lines = table.splitlines()
     assert lines[0] == "| sampler \\ steps | 4 | 64 |" and len(lines) == 2 + len(algorithms)
-    assert "(NFE 127)" in table and table.count("(NFE") == 2  # heun only: 2 steps - 1
+    heun = [r["nfe"] for r in records if r["algorithm"] == "heun"]
+    assert heun == [Sampler("heun", s).nfe(LINEAR) for s in (4, 64)] and heun[1] in (127, 128)
+    assert f"(NFE {heun[1]})" in table and table.count("(NFE") == 2  # heun: 2 per step
 
 
 def test_smallest_steps_reaching(gmm1d: GaussianMixture, oracle1d: GaussianMixtureOracle) -> None:
@@ -395,7 +397,7 @@ def test_nfe_sweep_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert record["error"] <= 0.1
     assert one_d["smallest_nfe"]["dpmpp_2m"] < one_d["smallest_nfe"]["ddim"]
     assert {r["steps"] for r in summary["gmm2d"]["records"]} == {2, 8}
-    default = SAMPLERS["dpmpp_2m"].default_grids["discrete"]  # the linear schedule is discrete
+    default = SAMPLERS["dpmpp_2m"].default_grid(LINEAR)  # the lesson's default schedule
     assert summary["grids"] == {"ddim": "linspace", "dpmpp_2m": default}
     assert f"| dpmpp_2m | {default} |" in (tmp_path / "nfe_sweep.md").read_text()
     assert_png(tmp_path / "nfe_sweep.png", plots.nfe_sweep_size(2))
@@ -425,8 +427,8 @@ def test_nfe_sweep_fid_versus_nfe(
 ) -> None:
     """Lesson 4 with a checkpoint: FID at each target NFE, the steps that fit the target (two
     evaluations per Heun step) and the NFE counted, a figure and a table."""
-    from difforge.diffusion.samplers import SAMPLERS
     from difforge.lessons import nfe_sweep
+    from difforge.training.build import module_from_checkpoint
 
     out = tmp_path / "out"
     overrides = [
@@ -440,20 +442,23 @@ def test_nfe_sweep_fid_versus_nfe(
         f"images.cache_dir={tmp_path / 'fid_stats'}",
     ]
     summary = nfe_sweep.run(compose_lesson("nfe_sweep", overrides, monkeypatch))
+    schedule = module_from_checkpoint(untrained_digits_checkpoint)[0].schedule
     counted = {(r["algorithm"], r["nfe_target"]): (r["steps"], r["nfe"]) for r in summary["images"]}
     assert counted[("ddim", 3)] == (3, 3) and counted[("ddim", 5)] == (5, 5)
-    assert counted[("heun", 3)] == (2, 3) and counted[("heun", 5)] == (3, 5)  # 2 steps - 1
+    # Heun: two evaluations per step, one for a last step to sigma = 0.
+    to_zero = Sampler("heun", 1).final_sigma_for(schedule) == "zero"
+    assert counted[("heun", 5)] == ((3, 5) if to_zero else (2, 4))
     for record in summary["images"]:
-        assert record["nfe"] == SAMPLERS[record["algorithm"]].nfe(record["steps"])
+        algorithm, steps, nfe = record["algorithm"], record["steps"], record["nfe"]
+        assert nfe == Sampler(algorithm, steps).nfe(schedule) <= record["nfe_target"]
+        assert Sampler(algorithm, steps + 1).nfe(schedule) > record["nfe_target"]  # the most
         assert math.isfinite(record["error"]) and record["error"] > 0
         assert 0 <= record["class_coverage"] <= 1
     assert set(summary) == {"images"} and not (out / "nfe_sweep.png").exists()  # exact=false
     table = (out / "nfe_sweep_fid.md").read_text()
     assert "| sampler \\ target NFE | 3 | 5 |" in table
-    fid = next(
-        r["error"] for r in summary["images"] if r["algorithm"] == "heun" and r["steps"] == 2
-    )
-    assert f"| heun | {fid:.4f} |" in table  # NFE 3 = its column: no (NFE n)
+    fid = summary["images"][-1]["error"]  # heun, target 5
+    assert f"{fid:.4f}{'' if to_zero else ' (NFE 4)'} |\n" in table
     assert_png(out / "nfe_sweep_fid.png", plots.nfe_sweep_size(1))
     assert json.loads((out / "nfe_sweep_fid.json").read_text()) == summary["images"]
     assert list((tmp_path / "fid_stats").iterdir())  # the reference statistics were cached

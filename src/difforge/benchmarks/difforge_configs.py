@@ -125,10 +125,7 @@ def default_config(sampler: str) -> DifforgeConfig:
 def steps_for_nfe(config: DifforgeConfig, nfe: int, schedule: NoiseSchedule) -> int:
     """The largest step count whose NFE on ``schedule`` is at most ``nfe`` (ValueError if even
     1 step is more)."""
-    fits = [s for s in range(1, nfe + 1) if config.sampler_for(s).nfe(schedule) <= nfe]
-    if not fits:
-        raise ValueError(f"{config.sampler} needs more than {nfe} evaluations for one step")
-    return max(fits)
+    return config.sampler_for(1).steps_for_nfe(nfe, schedule)
 
 
 def grid_of(config: DifforgeConfig, schedule: NoiseSchedule, nfe: int) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture
-from difforge.diffusion.samplers import Sampler, get_sampler_spec
+from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.samplers.common import DenoiserFn
 from difforge.diffusion.schedules import NoiseSchedule
 from difforge.metrics.mixture import sliced_wasserstein1, wasserstein1_1d
@@ -153,17 +153,17 @@ def fid_versus_nfe(
     ``module``: a ``DiffusionModule`` (its EMA weights sample) on ``device``; ``datamodule`` its
     data, whose train split is the reference (``difforge.metrics.images.image_metrics``: the
     digits classifier's features for digits, statistics cached in ``cache_dir``). Each algorithm
-    runs ``SamplerSpec.steps_for_nfe(nfe)`` steps (the most whose NFE does not exceed the
-    target) on its default grid, with ``options[algorithm]``, from the same seed. KID uses
-    ``kid_subsets`` subsets of ``min(1000, num_samples)`` (its cost on a CPU: 100 take longer
-    than the FID and the sampling at low NFE).
+    runs ``Sampler.steps_for_nfe`` steps (the most whose NFE on the model's schedule does not
+    exceed the target) with its defaults for that schedule and ``options[algorithm]``, from
+    the same seed. KID uses ``kid_subsets`` subsets of ``min(1000, num_samples)`` (on a CPU,
+    100 take longer than the FID and the sampling at low NFE).
 
     Returns one record per (algorithm, target): ``algorithm``, ``nfe_target``, ``steps``,
     ``nfe`` (network evaluations per sample, counted), ``error`` (FID), ``kid_mean``,
     ``class_coverage`` (nan without a classifier) and ``seconds`` (sampling).
 
     Raises:
-        ValueError: a target NFE below 1.
+        ValueError: a target NFE below 1, or below the NFE of one step of an algorithm.
     """
     from difforge.metrics.features import feature_network_for
     from difforge.metrics.images import image_metrics
@@ -175,11 +175,12 @@ def fid_versus_nfe(
     records = []
     for algorithm in algorithms:
         for target in nfes:
-            steps = get_sampler_spec(algorithm).steps_for_nfe(int(target))
+            sampler = Sampler(algorithm, 1, **(options or {}).get(algorithm, {}))
+            sampler = sampler.replace(steps=sampler.steps_for_nfe(int(target), module.schedule))
             start = time.perf_counter()
             result = module.generate(
                 num_samples,
-                sampler=Sampler(algorithm, steps, **(options or {}).get(algorithm, {})),
+                sampler=sampler,
                 generator=torch.Generator(device=device).manual_seed(seed),
                 batch_size=batch_size,
             )
@@ -197,7 +198,7 @@ def fid_versus_nfe(
             record = {
                 "algorithm": algorithm,
                 "nfe_target": int(target),
-                "steps": steps,
+                "steps": sampler.steps,
                 "nfe": int(result.nfe),
                 "error": float(metrics["fid"]),
                 "kid_mean": float(metrics["kid_mean"]),
@@ -275,8 +276,8 @@ def markdown_table(
 ) -> str:
     """A markdown table of a sweep: one row per algorithm, one column per distinct
     ``record[column]`` (the step count, or a target NFE), each cell ``record[value]`` followed
-    by ``(NFE n)`` where the NFE counted differs from the column's number (Heun and
-    DPM-Solver++(2S): 2 steps - 1). ``label`` heads the columns (default: ``column``)."""
+    by ``(NFE n)`` where the NFE counted differs from the column's number (two evaluations per
+    step for Heun and DPM-Solver++(2S)). ``label`` heads the columns (default: ``column``)."""
     keys = sorted({r[column] for r in records})
     by_key = {(r["algorithm"], r[column]): r for r in records}
     lines = [

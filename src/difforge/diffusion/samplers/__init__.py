@@ -147,6 +147,18 @@ class Sampler:
         steps = len(grid) - 1
         return self.spec.nfe(steps, float(grid[-1]) == 0, math.isinf(float(grid[0])))
 
+    def steps_for_nfe(self, nfe: int, schedule: NoiseSchedule) -> int:
+        """The most steps whose NFE on ``schedule`` (``Sampler.nfe``, with this sampler's other
+        settings) is at most ``nfe``.
+
+        Raises:
+            ValueError: even one step needs more than ``nfe`` evaluations.
+        """
+        fits = [s for s in range(1, nfe + 1) if self.replace(steps=s).nfe(schedule) <= nfe]
+        if not fits:
+            raise ValueError(f"{self.algorithm} needs more than {nfe} evaluations for one step")
+        return max(fits)
+
     def sigmas(self, schedule: NoiseSchedule) -> Tensor:
         """The decreasing float64 grid for ``schedule``; it starts at inf under zero terminal SNR."""
         return sigma_grid(
