@@ -397,8 +397,9 @@ def test_nfe_sweep_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert record["error"] <= 0.1
     assert one_d["smallest_nfe"]["dpmpp_2m"] < one_d["smallest_nfe"]["ddim"]
     assert {r["steps"] for r in summary["gmm2d"]["records"]} == {2, 8}
-    default = SAMPLERS["dpmpp_2m"].default_grid(LINEAR)  # the lesson's default schedule
-    assert summary["grids"] == {"ddim": "linspace", "dpmpp_2m": default}
+    defaults = SAMPLERS["dpmpp_2m"].defaults_for(LINEAR)  # the lesson's default schedule
+    default = f"{defaults['grid']} ({defaults['final_sigma']})"
+    assert summary["grids"] == {"ddim": "linspace (zero)", "dpmpp_2m": default}
     assert f"| dpmpp_2m | {default} |" in (tmp_path / "nfe_sweep.md").read_text()
     assert_png(tmp_path / "nfe_sweep.png", plots.nfe_sweep_size(2))
 

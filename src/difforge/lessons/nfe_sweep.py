@@ -128,7 +128,7 @@ def exact_sweeps(
         f"draws): {floor[0]:.4f} +- {floor[1]:.4f}.\n",
         f"Smallest NFE reaching W1 <= {cfg.threshold:g} (bisection on the step count; seed "
         f"{cfg.seed}, and the range over seeds {list(cfg.threshold_seeds)}):\n",
-        "| sampler | grid | steps | NFE | W1 | NFE over seeds |",
+        "| sampler | grid (final sigma) | steps | NFE | W1 | NFE over seeds |",
         "|---|---|---:|---:|---:|---:|",
         *(
             f"| {a} | {grids[a]} | {r['steps']} | {r['nfe']} | {r['error']:.4f} "
@@ -159,8 +159,12 @@ def exact_sweeps(
 def sampler_grids(
     algorithms: list[str], options: dict[str, dict[str, Any]], schedule: NoiseSchedule
 ) -> dict[str, str]:
-    """The grid each sampler walks on ``schedule``: its default, or the one ``options`` name."""
-    return {a: Sampler(a, 1, **options.get(a, {})).grid_for(schedule) for a in algorithms}
+    """The grid and final sigma each sampler walks on ``schedule``, e.g. ``flow (min)``: its
+    defaults for the schedule, or what ``options`` set."""
+    samplers = {a: Sampler(a, 1, **options.get(a, {})) for a in algorithms}
+    return {
+        a: f"{s.grid_for(schedule)} ({s.final_sigma_for(schedule)})" for a, s in samplers.items()
+    }
 
 
 def show(record: dict[str, Any]) -> None:
@@ -294,7 +298,7 @@ def image_sweep(
         f"# FID versus NFE of {cfg.ckpt_path}: {n} samples against the train split\n",
         f"Schedule `{module.schedule!r}`. Each sampler runs the most steps whose NFE does not "
         f"exceed the target (same seed {cfg.seed}); (NFE n) marks a cell whose counted NFE "
-        "differs from its column. Grids: "
+        "differs from its column. Grids (final sigma): "
         + ", ".join(
             f"{a} {g}" for a, g in sampler_grids(algorithms, options, module.schedule).items()
         )
