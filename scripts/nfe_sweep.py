@@ -2,7 +2,7 @@
 
     python scripts/nfe_sweep.py                         # ~10 min on two shared CPU cores
     python scripts/nfe_sweep.py out_dir=docs/figures    # regenerate the guide's figure and tables
-    python scripts/nfe_sweep.py num_samples=10000 sweep2d.enabled=false   # a quicker look
+    python scripts/nfe_sweep.py num_samples=10000 sweep2d.enabled=false   # ~1 min
     python scripts/nfe_sweep.py exact=false ckpt_path=CKPT   # FID versus NFE of a trained model
                                                              # alone (digits: ~6 min)
 
