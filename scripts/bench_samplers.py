@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -84,6 +85,24 @@ def measure(
     if error is not None:
         row["error"] = error
     return row
+
+
+def measure_seeds(
+    run: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, int]],
+    score: MixtureScore,
+    args: argparse.Namespace,
+    **fields: Any,
+) -> dict[str, Any]:
+    """``measure`` from the draws of ``--headline-seeds`` seeds (``seed``, ``seed + 10``, ...):
+    the metrics' means, with each seed's W1 and their standard deviation."""
+    seeds = [args.seed + 10 * k for k in range(args.headline_seeds)]
+    rows = [measure(run, score, seed, **fields) for seed in seeds]
+    merged = dict(rows[0])
+    for key in ("w1", "mass_err", "seconds"):
+        merged[key] = statistics.fmean(r[key] for r in rows)
+    merged["w1_seeds"] = [r["w1"] for r in rows]
+    merged["w1_std"] = statistics.stdev(merged["w1_seeds"]) if len(rows) > 1 else 0.0
+    return merged
 
 
 def search_cell(
@@ -164,12 +183,12 @@ def headline_cell(
     for sampler in args.samplers:
         config = ours.default_config(sampler)
         rows.append(
-            measure(
+            measure_seeds(
                 lambda noise, gen, config=config: ours.run_difforge(
                     config, schedule, oracle, nfe, noise, gen
                 ),
                 score,
-                args.seed,
+                args,
                 **cell,
                 side="difforge",
                 family=sampler,
@@ -192,10 +211,10 @@ def headline_cell(
                 continue
             pc = by_label[row["config"]]
             rows.append(
-                measure(
+                measure_seeds(
                     lambda noise, gen, pc=pc: peer.run_peer(pc, schedule, oracle, nfe, noise, gen),
                     score,
-                    args.seed,
+                    args,
                     **{k: row[k] for k in ("law", "schedule", "nfe_target", "side", "family")},
                     config=row["config"],
                     default=False,
@@ -253,6 +272,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--top", type=int, default=3, help="diffusers configs per family rerun")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--headline-seeds", type=int, default=1, help="headline runs averaged over this many draws"
+    )
     parser.add_argument("--floor-repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-diffusers", action="store_true", help="difforge only")

@@ -468,3 +468,25 @@ def test_bench_sampling_peer(tmp_path: Path) -> None:
     (row,) = json.loads((tmp_path / "p.json").read_text())["rows"]
     assert row["nfe"] == 2 and row["ratio"] > 0
     assert set(row["images_per_s"]) == {"difforge", "diffusers"}
+
+
+def test_a_default_is_never_leading_read_over_one_more_point() -> None:
+    from difforge.benchmarks import sampler_tables as tables
+
+    def row(config: str, schedule: str, w1: float) -> dict:
+        cell = {"law": "gmm1d", "schedule": schedule, "nfe_target": 5, "side": "difforge"}
+        return {**cell, "family": "heun", "config": config, "w1": w1, "default": False}
+
+    rows = [
+        row("leading final=min", "linear", 0.05),
+        row("leading final=zero", "linear", 0.06),
+        row("trailing final=zero", "linear", 0.061),
+    ]
+    assert tables.can_be_default("heun", "leading final=zero")
+    assert not tables.can_be_default("heun", "leading final=min")
+    assert not tables.can_be_default("unipc", "leading final=zero order=2")
+    assert tables.chosen_default(rows, "heun", ["linear"]) == ("leading final=zero", 1.2)
+    # the current default is kept within KEEP_DEFAULT_WITHIN of the best allowed
+    assert tables.chosen_default(rows, "heun", ["linear"], "trailing final=zero")[0] == (
+        "trailing final=zero"
+    )

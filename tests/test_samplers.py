@@ -5,7 +5,7 @@ import torch
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
 from difforge.diffusion.guidance import ClassifierFreeGuidance
-from difforge.diffusion.samplers import Sampler
+from difforge.diffusion.samplers import SAMPLERS, Sampler
 from difforge.diffusion.samplers.ddim import sample_ddim
 from difforge.diffusion.samplers.euler import sample_euler
 from difforge.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule
@@ -31,6 +31,23 @@ def test_sampler_reproduces_the_mixture(algorithm, schedule, gmm1d, oracle1d, w1
     result = sampler(
         oracle1d, schedule, (N, 1), dtype=torch.float64, generator=torch.Generator().manual_seed(0)
     )
+    assert_reproduces_mixture(result.samples, gmm1d, w1_floor)
+
+
+@pytest.mark.parametrize(
+    "schedule", [LinearSchedule(), CosineSchedule(), EDMSchedule()], ids=lambda s: s.name
+)
+@pytest.mark.parametrize("algorithm", list(SAMPLERS))
+def test_defaults_reach_the_floor_at_100_nfe(algorithm, schedule, gmm1d, oracle1d, w1_floor):
+    """The defaults are chosen at 5-20 NFE (docs/benchmarks.md, section 3); they must not leave
+    an error that more steps cannot remove (a grid starting below the top does)."""
+    spec = SAMPLERS[algorithm]
+    final_zero = spec.defaults_for(schedule)["final_sigma"] == "zero"
+    sampler = Sampler(algorithm, spec.steps_for_nfe(100, final_zero))
+    result = sampler(
+        oracle1d, schedule, (N, 1), dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    assert result.nfe <= 100
     assert_reproduces_mixture(result.samples, gmm1d, w1_floor)
 
 

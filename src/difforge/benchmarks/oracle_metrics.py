@@ -37,7 +37,9 @@ def make_mixture(name: str) -> GaussianMixture:
         return GaussianMixture([0.2, 0.5, 0.3], [-3.0, 0.0, 3.0], [0.5, 0.5, 0.5])
     if name == "gmm2d":
         angle = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
-        ring = 4.0 * torch.stack([angle.cos(), angle.sin()], dim=1)  # = data.toys.mixture_layout
+        ring = 4.0 * torch.stack(
+            [angle.cos(), angle.sin()], dim=1
+        )  # = data.mixtures.mixture_layout
         return GaussianMixture(torch.ones(8), ring, torch.full((8,), 0.3))
     raise ValueError(f"unknown benchmark mixture {name!r}; allowed: {', '.join(MIXTURES)}")
 

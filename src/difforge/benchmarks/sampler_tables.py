@@ -20,6 +20,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from difforge.diffusion.samplers import SAMPLERS
+
 Row = dict[str, Any]
 
 # The diffusers families that run the same algorithm as a difforge sampler (its counterpart).
@@ -56,6 +58,12 @@ def ratio(ours: float, theirs: float) -> float:
 
 def fmt(value: float, digits: int = 4) -> str:
     return "inf" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def fmt_w1(row: Row) -> str:
+    """W1, with its standard deviation over the draws when the row averages several."""
+    spread = row.get("w1_std")
+    return fmt(row["w1"]) + (f" ± {fmt(spread)}" if spread else "")
 
 
 def cells(rows: Iterable[Row]) -> list[tuple[str, str, int]]:
@@ -97,8 +105,8 @@ def headline_table(rows: Sequence[Row], floors: dict[str, dict[str, float]]) -> 
         mass_ratio = ratio(ours["mass_err"], theirs["mass_err"])
         lines.append(
             f"| {h['law']} | {h['schedule']} | {h['nfe']} | {ours['family']} ({ours['nfe']} NFE) "
-            f"| {fmt(ours['w1'])} | {fmt(ours['mass_err'])} | {theirs['family']}: "
-            f"{theirs['config']} ({theirs['nfe']} NFE) | {fmt(theirs['w1'])} | "
+            f"| {fmt_w1(ours)} | {fmt(ours['mass_err'])} | {theirs['family']}: "
+            f"{theirs['config']} ({theirs['nfe']} NFE) | {fmt_w1(theirs)} | "
             f"{fmt(theirs['mass_err'])} | **{fmt(h['ratio'], 2)}** | {fmt(mass_ratio, 2)} | "
             f"{fmt(floors[h['law']]['w1_mean'])} |"
         )
@@ -171,11 +179,19 @@ def grid_scores(
 # A configuration must beat the current default by more than this (geo-mean error ratio) to
 # replace it: differences below are within what another noise draw changes.
 KEEP_DEFAULT_WITHIN = 1.02
-# Grids that start below the schedule's top: leading's first timestep is N * (T // (N + 1)), so
-# the start's prior sqrt(1 + sigma^2) N(0, I) misses the data's own variance by a margin that
-# a few steps hide but that stays at any step count (heun, 50 steps, cosine, gmm1d: W1 0.077
-# against a floor of 0.01). The search runs them; a default never takes them.
-NOT_DEFAULT_GRIDS = ("leading",)
+
+
+def can_be_default(sampler: str, config: str) -> bool:
+    """Whether a searched configuration (its label) may become a default: not ``leading`` read
+    over N + 1 points (multistep solvers, or ``final_sigma="min"``). Its first timestep,
+    N * (T // (N + 1)), falls as N grows (900 of 1000 at N = 100), so the start's prior
+    sqrt(1 + sigma^2) N(0, I) misses the data's variance by a margin that a few steps hide but
+    more steps do not (heun, 50 steps, cosine, gmm1d: W1 0.077 against a floor of 0.01); a
+    default must reach the floor at 100 NFE (tests/test_samplers.py). DDIM's reading over N
+    points starts at (N - 1) * (T // N), which rises with N."""
+    grid, final = config.split()[:2]
+    over_one_more = SAMPLERS[sampler].multistep_spacing or final == "final=min"
+    return not (grid == "leading" and over_one_more)
 
 
 def chosen_default(
@@ -186,13 +202,13 @@ def chosen_default(
     metric: str = "w1",
 ) -> tuple[str, float] | None:
     """The best configuration by ``grid_scores`` (the registry's ``defaults`` can express any:
-    grid, final_sigma, option values) on a grid outside ``NOT_DEFAULT_GRIDS``, or ``current``
+    grid, final_sigma, option values) that ``can_be_default``, or ``current``
     (a configuration label) when it scores within ``KEEP_DEFAULT_WITHIN`` of that best:
     ``(config, score)``."""
     ranked = [
         (c, s)
         for c, s, _ in grid_scores(rows, sampler, schedules, metric)
-        if c.split()[0] not in NOT_DEFAULT_GRIDS
+        if can_be_default(sampler, c)
     ]
     if not ranked:
         return None

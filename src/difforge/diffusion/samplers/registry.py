@@ -153,7 +153,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             noise_options=("S_churn",),
             check=check_churn,
             defaults={
-                "discrete": {"grid": "leading", "final_sigma": "min"},
+                "discrete": {"grid": "leading"},
                 "continuous": {"grid": "karras", "final_sigma": "min"},
             },
         ),
@@ -182,7 +182,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "SDE-DPM-Solver++(2M), eta",
             noise_options=("eta",),
             check=check_dpmpp_multistep_options,
-            defaults={"discrete": {"grid": "leading"}, "continuous": FLOW_MIN},
+            defaults={"discrete": {"grid": "trailing"}, "continuous": FLOW_MIN},
             multistep_spacing=True,
         ),
         SamplerSpec(
@@ -192,7 +192,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "SDE-DPM-Solver++(3M), eta",
             noise_options=("eta",),
             check=check_dpmpp_multistep_options,
-            defaults={"discrete": {"grid": "leading"}, "continuous": FLOW_MIN},
+            defaults={
+                "discrete": {"grid": "linspace", "solver_type": "heun"},
+                "continuous": FLOW_MIN,
+            },
             multistep_spacing=True,
         ),
         SamplerSpec(
