@@ -24,6 +24,10 @@ from difforge.diffusion.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ances
 from difforge.diffusion.samplers.dpmpp_3m import sample_dpmpp_3m
 from difforge.diffusion.samplers.dpmpp_3m_sde import sample_dpmpp_3m_sde
 from difforge.diffusion.samplers.dpmpp_multistep import check_dpmpp_multistep_options
+from difforge.diffusion.samplers.dpmpp_singlestep import (
+    sample_dpmpp_singlestep,
+    singlestep_orders,
+)
 from difforge.diffusion.samplers.euler_ancestral import (
     check_ancestral_options,
     sample_euler_ancestral,
@@ -310,6 +314,47 @@ def test_dpmpp_3m_follows_diffusers(final_sigmas_type, steps, oracle1d):
         final_sigmas_type=final_sigmas_type,
     )
     _compare_with_diffusers(scheduler, steps, sample_dpmpp_3m, {}, oracle1d, FLOAT32_TOLERANCE)
+
+
+# diffusers keeps lower_order_final=False (its default) only for a final sigma_min and a step
+# count that the order divides; other step counts and a final 0 force it on, as difforge's
+# default does always.
+@pytest.mark.parametrize("steps", [5, 7, 10])
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("final_sigmas_type", ["zero", "sigma_min"])
+def test_dpmpp_singlestep_follows_diffusers(final_sigmas_type, order, solver_type, steps, oracle1d):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverSinglestepScheduler(
+        **LINEAR_BETAS,
+        solver_order=order,
+        solver_type=solver_type,
+        algorithm_type="dpmsolver++",
+        final_sigmas_type=final_sigmas_type,
+        lower_order_final=steps % order != 0 or final_sigmas_type == "zero",
+    )
+    options = {"order": order, "solver_type": solver_type}
+    options["lower_order_final"] = scheduler.config.lower_order_final
+    _compare_with_diffusers(
+        scheduler, steps, sample_dpmpp_singlestep, options, oracle1d, FLOAT32_TOLERANCE
+    )
+
+
+def test_singlestep_orders_follow_diffusers_order_list():
+    diffusers = pytest.importorskip("diffusers")
+    for order in (1, 2, 3):
+        for steps in range(1, 13):
+            for final in ("zero", "sigma_min"):
+                lower = steps % order != 0 or final == "zero"
+                scheduler = diffusers.DPMSolverSinglestepScheduler(
+                    **LINEAR_BETAS,
+                    solver_order=order,
+                    final_sigmas_type=final,
+                    lower_order_final=lower,
+                )
+                scheduler.set_timesteps(steps)
+                ours = singlestep_orders(steps, order, lower, final == "zero")
+                assert ours == list(scheduler.order_list), (order, steps, final)
 
 
 @pytest.mark.parametrize("steps", [10, 20])
