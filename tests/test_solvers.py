@@ -94,6 +94,31 @@ def test_ode_solvers_converge_at_their_order(solver, options, order):
     assert 0.85 * 2**order < ratio < 1.25 * 2**order, (errors, ratio)
 
 
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_dpmpp_singlestep_converges_at_its_order(order, solver_type):
+    """As above, with 126 and 252 steps: whole groups of 1, 2 and 3 steps (a cut-short last
+    group changes the error constant between the two step counts and blurs the ratio)."""
+    mean, std, sigma_max, sigma_min = 0.5, 0.8, 80.0, 0.02
+    oracle = GaussianMixtureOracle(GaussianMixture([1.0], [mean], [std]))
+    x_T = torch.linspace(-3, 3, 7, dtype=torch.float64)[:, None] * sigma_max
+    exact = gaussian_ode_solution(x_T, sigma_max, sigma_min, mean, std)
+    errors = []
+    for steps in (126, 252):
+        sigmas = karras_sigmas(steps + 1, sigma_min, sigma_max)[:-1]
+        x = sample_dpmpp_singlestep(
+            oracle,
+            x_T.clone(),
+            sigmas,
+            order=order,
+            solver_type=solver_type,
+            lower_order_final=False,
+        )
+        errors.append((x - exact).abs().max().item())
+    ratio = errors[0] / errors[1]
+    assert 0.85 * 2**order < ratio < 1.25 * 2**order, (errors, ratio)
+
+
 def test_dpmpp_3m_beats_2m_and_unip3_beats_3m():
     """The order table above in errors at 256 steps of the same problem: 3M has about 4x less error
     than 2M (same order, smaller constant), UniP-3 (third order) about 9x less than 3M."""
