@@ -2,9 +2,10 @@
 
 Both sides sample a known Gaussian mixture (gmm1d, gmm2d: ``difforge.benchmarks.oracle_metrics``)
 with its exact denoiser, on difforge's linear and cosine schedules (diffusers: ``linear`` and
-``squaredcos_cap_v2`` betas, alphas_cumprod checked equal), from the same standard-normal draws,
-so what is left is each sampler's discretisation error plus the Monte-Carlo error of a finite
-sample (the statistical floor, reported).
+``squaredcos_cap_v2`` betas, alphas_cumprod checked equal), from the same standard-normal
+draws, so what is left is each sampler's discretisation error plus the Monte-Carlo error of a
+finite sample (the statistical floor, reported). In 1-D the draws are the normal's
+mid-quantiles (``MixtureScore.draws``), which removes that floor for deterministic samplers.
 
 1. Search (``--search-samples`` per run): every difforge sampler of the registry on every grid
    (``difforge.benchmarks.difforge_configs``), and every diffusers configuration that fits
@@ -68,13 +69,10 @@ def measure(
     seed: int,
     **fields: Any,
 ) -> dict[str, Any]:
-    """One run from the standard-normal draws of ``seed`` (stochastic samplers' noise from
-    ``seed + 1``), scored; a run that raises scores inf and keeps its error message."""
-    noise = torch.randn(
-        (score.num_samples, score.mixture.dim),
-        generator=torch.Generator().manual_seed(seed),
-        dtype=torch.float64,
-    )
+    """One run from the starting draws of ``seed`` (``MixtureScore.draws``: stratified in 1-D;
+    stochastic samplers' noise from ``seed + 1``), scored; a run that raises scores inf and
+    keeps its error message."""
+    noise = score.draws(seed)
     start = time.perf_counter()
     try:
         samples, nfe = run(noise, torch.Generator().manual_seed(seed + 1))
@@ -314,13 +312,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.reused = {"search": [], "headline": []}
     for path in args.reuse:
         earlier = json.loads(path.read_text())
-        for key in ("samples", "search_samples", "seed"):
+        for key in ("search_samples", "seed"):
             if earlier["args"][key] != getattr(args, key):
                 parser.error(
                     f"--reuse {path}: {key} was {earlier['args'][key]!r} there, "
                     f"{getattr(args, key)!r} here"
                 )
-        for part in ("search", "headline"):
+        # Headline rows of another size or number of draws are left out; the search is kept.
+        same_headline = all(
+            earlier["args"].get(key, 1) == getattr(args, key)
+            for key in ("samples", "headline_seeds")
+        )
+        for part in ("search", "headline") if same_headline else ("search",):
             # A later file's rows of a sampler (or diffusers family) in a cell replace earlier ones.
             redone = {row_key(r) for r in earlier[part]}
             args.reused[part] = [

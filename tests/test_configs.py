@@ -175,3 +175,14 @@ def test_an_explicit_learned_variance_the_loss_cannot_train_is_refused(loss, val
     cfg = compose_train("experiment=gmm1d", f"loss={loss}", f"model.learned_variance={value}")
     with pytest.raises(ValueError, match=message):
         build_module(cfg, (1,))
+
+
+def test_images_end_in_their_range_even_on_a_grid_ending_at_sigma_min():
+    image_module = build_module(compose_train(), (1, 8, 8))
+    sampler = Sampler("dpmpp_2m", 3, final_sigma="min")
+    generator = torch.Generator().manual_seed(0)
+    images = image_module.generate(4, sampler=sampler, generator=generator).samples
+    assert images.abs().max() <= 1.0
+    vector_module = build_module(compose_train("data=gmm1d", "model=mlp"), (1,))
+    vectors = vector_module.generate(64, sampler=sampler, generator=generator).samples
+    assert vectors.abs().max() > 1.0  # no range to clamp to

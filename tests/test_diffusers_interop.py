@@ -386,3 +386,18 @@ def test_bad_pretrained_folder_on_the_command_line(tmp_path):
         run_cli("eval", f"pretrained={tmp_path}", f"hydra.run.dir={tmp_path}/out"),
         "give metrics.fid_ref=",
     )
+
+
+def test_a_pipelines_ddpm_settings_fill_only_what_the_user_left_unset():
+    from types import SimpleNamespace
+
+    from difforge.diffusion.samplers import Sampler
+    from difforge.interop.diffusers_pipeline import pipeline_sampler
+
+    spec = SimpleNamespace(variance="large")
+    filled = pipeline_sampler(Sampler("ddpm", 10), spec)
+    assert filled.options["variance"] == "large" and filled.final_sigma == "zero"
+    kept = pipeline_sampler(Sampler("ddpm", 10, final_sigma="min", variance="small"), spec)
+    assert kept.options["variance"] == "small" and kept.final_sigma == "min"
+    ddim = Sampler("ddim", 10)
+    assert pipeline_sampler(ddim, spec) is ddim

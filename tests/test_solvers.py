@@ -24,6 +24,10 @@ from difforge.diffusion.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ances
 from difforge.diffusion.samplers.dpmpp_3m import sample_dpmpp_3m
 from difforge.diffusion.samplers.dpmpp_3m_sde import sample_dpmpp_3m_sde
 from difforge.diffusion.samplers.dpmpp_multistep import check_dpmpp_multistep_options
+from difforge.diffusion.samplers.dpmpp_singlestep import (
+    sample_dpmpp_singlestep,
+    singlestep_orders,
+)
 from difforge.diffusion.samplers.euler_ancestral import (
     check_ancestral_options,
     sample_euler_ancestral,
@@ -85,6 +89,31 @@ def test_ode_solvers_converge_at_their_order(solver, options, order):
     for steps in (128, 256):
         sigmas = karras_sigmas(steps + 1, sigma_min, sigma_max)[:-1]  # ends at sigma_min
         x = solver(oracle, x_T.clone(), sigmas, **options)
+        errors.append((x - exact).abs().max().item())
+    ratio = errors[0] / errors[1]
+    assert 0.85 * 2**order < ratio < 1.25 * 2**order, (errors, ratio)
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_dpmpp_singlestep_converges_at_its_order(order, solver_type):
+    """As above, with 126 and 252 steps: whole groups of 1, 2 and 3 steps (a cut-short last
+    group changes the error constant between the two step counts and blurs the ratio)."""
+    mean, std, sigma_max, sigma_min = 0.5, 0.8, 80.0, 0.02
+    oracle = GaussianMixtureOracle(GaussianMixture([1.0], [mean], [std]))
+    x_T = torch.linspace(-3, 3, 7, dtype=torch.float64)[:, None] * sigma_max
+    exact = gaussian_ode_solution(x_T, sigma_max, sigma_min, mean, std)
+    errors = []
+    for steps in (126, 252):
+        sigmas = karras_sigmas(steps + 1, sigma_min, sigma_max)[:-1]
+        x = sample_dpmpp_singlestep(
+            oracle,
+            x_T.clone(),
+            sigmas,
+            order=order,
+            solver_type=solver_type,
+            lower_order_final=False,
+        )
         errors.append((x - exact).abs().max().item())
     ratio = errors[0] / errors[1]
     assert 0.85 * 2**order < ratio < 1.25 * 2**order, (errors, ratio)
@@ -310,6 +339,47 @@ def test_dpmpp_3m_follows_diffusers(final_sigmas_type, steps, oracle1d):
         final_sigmas_type=final_sigmas_type,
     )
     _compare_with_diffusers(scheduler, steps, sample_dpmpp_3m, {}, oracle1d, FLOAT32_TOLERANCE)
+
+
+# diffusers keeps lower_order_final=False (its default) only for a final sigma_min and a step
+# count that the order divides; other step counts and a final 0 force it on, as difforge's
+# default does always.
+@pytest.mark.parametrize("steps", [5, 7, 10])
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("final_sigmas_type", ["zero", "sigma_min"])
+def test_dpmpp_singlestep_follows_diffusers(final_sigmas_type, order, solver_type, steps, oracle1d):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverSinglestepScheduler(
+        **LINEAR_BETAS,
+        solver_order=order,
+        solver_type=solver_type,
+        algorithm_type="dpmsolver++",
+        final_sigmas_type=final_sigmas_type,
+        lower_order_final=steps % order != 0 or final_sigmas_type == "zero",
+    )
+    options = {"order": order, "solver_type": solver_type}
+    options["lower_order_final"] = scheduler.config.lower_order_final
+    _compare_with_diffusers(
+        scheduler, steps, sample_dpmpp_singlestep, options, oracle1d, FLOAT32_TOLERANCE
+    )
+
+
+def test_singlestep_orders_follow_diffusers_order_list():
+    diffusers = pytest.importorskip("diffusers")
+    for order in (1, 2, 3):
+        for steps in range(1, 13):
+            for final in ("zero", "sigma_min"):
+                lower = steps % order != 0 or final == "zero"
+                scheduler = diffusers.DPMSolverSinglestepScheduler(
+                    **LINEAR_BETAS,
+                    solver_order=order,
+                    final_sigmas_type=final,
+                    lower_order_final=lower,
+                )
+                scheduler.set_timesteps(steps)
+                ours = singlestep_orders(steps, order, lower, final == "zero")
+                assert ours == list(scheduler.order_list), (order, steps, final)
 
 
 @pytest.mark.parametrize("steps", [10, 20])

@@ -35,6 +35,7 @@ COUNTERPARTS: dict[str, tuple[str, ...]] = {
     "dpmpp_3m": ("dpmpp_3m",),
     "dpmpp_2m_sde": ("dpmpp_2m_sde",),
     "dpmpp_3m_sde": ("dpmpp_3m_sde",),
+    "dpmpp_singlestep": ("dpmpp_2s", "dpmpp_3s"),
     "unipc": ("unipc_bh1", "unipc_bh2"),
     "deis": ("deis",),
 }

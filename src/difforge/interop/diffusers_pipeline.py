@@ -65,6 +65,7 @@ class PipelineSpec:
     clip_sample_range: float
     data_shape: tuple[int, int, int]
     num_classes: int
+    variance: str = "small"  # DDPM's posterior variance: the scheduler's variance_type
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -268,7 +269,21 @@ def read_pipeline(path: str | Path) -> PipelineSpec:
         clip_sample_range=clip_range,
         data_shape=data_shape,
         num_classes=num_classes,
+        variance="large" if variance.startswith("fixed_large") else "small",
     )
+
+
+def pipeline_sampler(sampler: Any, spec: PipelineSpec) -> Any:
+    """``sampler`` with what the user left unset taken from the pipeline, for its own algorithm:
+    ``ddpm`` gets the scheduler's ``variance_type`` and ends at sigma = 0 as diffusers' DDPM
+    does, so one seed gives diffusers' images (difforge's own defaults are measured on the
+    exact score instead, docs/benchmarks.md, section 3)."""
+    if sampler is None or sampler.algorithm != "ddpm":
+        return sampler
+    fill: dict[str, Any] = {} if sampler.final_sigma else {"final_sigma": "zero"}
+    if "variance" not in sampler.options:
+        fill["variance"] = spec.variance
+    return sampler.replace(**fill) if fill else sampler
 
 
 class DiffusersUNet(nn.Module):
@@ -340,7 +355,7 @@ def load_pipeline(path: str | Path, sampler: Any) -> Any:
         schedule=spec.schedule,
         parameterization=PARAMETERIZATIONS[spec.parameterization](),
         loss=DenoisingLoss(),
-        sampler=sampler,
+        sampler=pipeline_sampler(sampler, spec),
         data_shape=spec.data_shape,
         ema_decay=0.0,
         clip_denoised=spec.clip_sample,

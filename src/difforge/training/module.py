@@ -414,7 +414,8 @@ class DiffusionModule(L.LightningModule):
         progress: bool = False,
         noise: Tensor | None = None,
     ) -> SampleResult:
-        """Draw ``num_samples`` samples ``(N, *data_shape)`` in data space, in batches.
+        """Draw ``num_samples`` samples ``(N, *data_shape)`` in data space, in batches (clamped
+        to [-1, 1] when ``clip_denoised``).
 
         ``class_labels: (N,)`` for a conditional model (None: cycle through the classes).
         ``noise: (N, *data_shape)`` standard-normal starting draws (None: drawn with ``generator``).
@@ -458,7 +459,12 @@ class DiffusionModule(L.LightningModule):
                 class_labels=labels,
                 noise=None if noise is None else noise[start : start + n],
             )
-            chunks.append(result.samples.float().cpu())
+            samples = result.samples.float().cpu()
+            if self.clip_denoised:
+                # A grid ending at sigma_min leaves that much noise on the clipped estimate; the
+                # data's range is [-1, 1], and diffusers' pipelines clamp their output to it too.
+                samples = samples.clamp(-1.0, 1.0)
+            chunks.append(samples)
             nfe, sigmas = result.nfe, result.sigmas
         self.train(was_training)
         return SampleResult(torch.cat(chunks), nfe, sigmas)

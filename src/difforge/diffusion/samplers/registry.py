@@ -22,6 +22,10 @@ from difforge.diffusion.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ances
 from difforge.diffusion.samplers.dpmpp_3m import sample_dpmpp_3m
 from difforge.diffusion.samplers.dpmpp_3m_sde import sample_dpmpp_3m_sde
 from difforge.diffusion.samplers.dpmpp_multistep import check_dpmpp_multistep_options
+from difforge.diffusion.samplers.dpmpp_singlestep import (
+    check_dpmpp_singlestep_options,
+    sample_dpmpp_singlestep,
+)
 from difforge.diffusion.samplers.euler import check_churn, sample_euler
 from difforge.diffusion.samplers.euler_ancestral import (
     check_ancestral_options,
@@ -196,6 +200,15 @@ SAMPLERS: dict[str, SamplerSpec] = {
                 "discrete": {"grid": "linspace", "solver_type": "heun"},
                 "continuous": FLOW_MIN,
             },
+            multistep_spacing=True,
+        ),
+        SamplerSpec(
+            "dpmpp_singlestep",
+            sample_dpmpp_singlestep,
+            False,
+            "singlestep DPM-Solver++(1S/2S/3S) (Lu et al. 2022), order 1-3",
+            check=check_dpmpp_singlestep_options,
+            defaults=_on_both(FLOW_MIN),
             multistep_spacing=True,
         ),
         SamplerSpec(
