@@ -26,6 +26,7 @@ SAMPLER_STYLES = {
     "dpmpp_3m": ("tab:brown", "P", "-"),
     "dpmpp_2m_sde": ("tab:purple", "v", "--"),
     "dpmpp_3m_sde": ("tab:brown", "P", "--"),
+    "dpmpp_singlestep": ("tab:gray", "d", "-"),
     "euler_ancestral": ("tab:green", "^", "--"),
     "dpmpp_2s_ancestral": ("tab:blue", "X", "--"),
     "unipc": ("tab:olive", "*", "-"),
