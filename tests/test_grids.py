@@ -98,6 +98,8 @@ def test_a_clipped_top_is_never_a_grid_level():
             r"unknown sampler.grid 'cosine'; allowed: linspace, leading, trailing, karras",
         ),
         ({"final_sigma": "none"}, r"unknown sampler.final_sigma 'none'; allowed: zero, min"),
+        ({"final_sigma": 0}, r"unknown sampler.final_sigma 0; allowed: zero, min"),
+        ({"final_sigma": False}, r"unknown sampler.final_sigma False; allowed: zero, min"),
         ({"rho": 0.0}, r"sampler.rho must be > 0, got 0.0"),
         ({"S_chrun": 1.0}, r"unknown option 'S_chrun' for sampler 'ddim'; its options: eta"),
         ({"eta": -1.0}, r"sampler.eta must be >= 0, got -1.0"),

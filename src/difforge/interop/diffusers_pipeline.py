@@ -280,7 +280,7 @@ def pipeline_sampler(sampler: Any, spec: PipelineSpec) -> Any:
     exact score instead, docs/benchmarks.md, section 3)."""
     if sampler is None or sampler.algorithm != "ddpm":
         return sampler
-    fill: dict[str, Any] = {} if sampler.final_sigma else {"final_sigma": "zero"}
+    fill: dict[str, Any] = {} if sampler.final_sigma is not None else {"final_sigma": "zero"}
     if "variance" not in sampler.options:
         fill["variance"] = spec.variance
     return sampler.replace(**fill) if fill else sampler

@@ -91,7 +91,7 @@ class Sampler:
     ) -> None:
         self.spec = get_sampler_spec(algorithm)
         check_steps(steps)
-        check_grid(grid, final_sigma or "zero", rho)
+        check_grid(grid, "zero" if final_sigma is None else final_sigma, rho)
         unknown = sorted(set(options) - set(self.spec.options))
         if unknown:
             allowed = ", ".join(self.spec.options) or "none"
@@ -131,7 +131,9 @@ class Sampler:
         return self.grid or self.spec.default_grid(schedule)
 
     def final_sigma_for(self, schedule: NoiseSchedule) -> str:
-        return self.final_sigma or str(self.spec.defaults_for(schedule)["final_sigma"])
+        if self.final_sigma is not None:
+            return self.final_sigma
+        return str(self.spec.defaults_for(schedule)["final_sigma"])
 
     def options_for(self, schedule: NoiseSchedule) -> dict[str, Any]:
         """The options the solver runs with on ``schedule``: the ones set, then the defaults

@@ -12,7 +12,7 @@ predictions eps_k = (x_k - x0_k) / sigma_k, at nodes v_k = log(sigma_{i-k} / sig
         = sigma_i [e^v Q_k(v)]_{v=0}^{log(sigma_{i+1} / sigma_i)},   Q_k = L_k - L_k' + L_k'' - ...,
 
 L_k the Lagrange basis polynomial of node k (p = 1 is Euler's method, i.e. DDIM). The order warms
-up and, with ``lower_order_final`` and fewer than 15 steps, drops at the last two steps (see
+up and, with ``lower_order_final``, drops at the last two steps (see
 ``multistep.py``); a step to sigma = 0 returns x0. Deterministic, one NFE per step.
 """
 
@@ -25,7 +25,6 @@ from torch import Tensor
 
 from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, report
 from difforge.diffusion.samplers.multistep import (
-    LOWER_ORDER_FINAL_BELOW_STEPS,
     check_flag,
     check_order,
     multistep_order,
@@ -83,7 +82,6 @@ def sample_deis(
     ``order`` in 1..3 is lowered where there are too few outputs or steps."""
     check_deis_options(order=order, lower_order_final=lower_order_final)
     steps = len(sigmas) - 1
-    lower_final = lower_order_final and steps < LOWER_ORDER_FINAL_BELOW_STEPS
     eps_history: list[Tensor] = []  # newest first
     log_sigmas: list[float] = []
     for i in range(steps):
@@ -94,7 +92,7 @@ def sample_deis(
             return x0
         eps_history = [(x - x0) / sigma, *eps_history[:2]]
         log_sigmas = [math.log(sigma), *log_sigmas[:2]]
-        p = multistep_order(order, i, steps, lower_final)
+        p = multistep_order(order, i, steps, lower_order_final)
         nodes = [log_sigma - log_sigmas[0] for log_sigma in log_sigmas[:p]]
         coefficients = lagrange_exp_integrals(nodes, math.log(sigma_next / sigma))
         x = x + sigma * sum(c * eps for c, eps in zip(coefficients, eps_history, strict=False))

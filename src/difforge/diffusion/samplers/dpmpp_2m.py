@@ -8,43 +8,12 @@ With lambda = -log sigma (VE frame; equal to log(alpha / sigma_vp)) and h_i = la
 
 ("midpoint"; ``solver_type="heun"`` weights the difference by phi_2 instead, see
 ``dpmpp_multistep.py``), as diffusers' DPMSolverMultistepScheduler(solver_order=2,
-algorithm_type="dpmsolver++"). First order at the first step; with ``lower_order_final`` and
-fewer than 15 steps, first order at the last one too (which matters on a grid ending at
+algorithm_type="dpmsolver++"). First order at the first step; with ``lower_order_final``,
+first order at the last one too (which matters on a grid ending at
 sigma_min: a second-order step over the long last interval overshoots); a step to sigma = 0
 returns x0. Deterministic, one NFE per step.
 """
 
-from __future__ import annotations
+from difforge.diffusion.samplers.dpmpp_multistep import ode_solver
 
-import torch
-from torch import Tensor
-
-from difforge.diffusion.samplers.common import DenoiserFn, StepCallback
-from difforge.diffusion.samplers.dpmpp_multistep import dpmpp_multistep
-
-
-def sample_dpmpp_2m(
-    denoiser: DenoiserFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    solver_type: str = "midpoint",
-    lower_order_final: bool = True,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
-    class_labels: Tensor | None = None,
-) -> Tensor:
-    """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
-    return dpmpp_multistep(
-        denoiser,
-        x,
-        sigmas,
-        order=2,
-        eta=0.0,
-        s_noise=1.0,
-        solver_type=solver_type,
-        lower_order_final=lower_order_final,
-        generator=generator,
-        callback=callback,
-        class_labels=class_labels,
-    )
+sample_dpmpp_2m = ode_solver(2)

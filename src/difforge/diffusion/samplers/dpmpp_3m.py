@@ -9,41 +9,10 @@ last three denoised estimates (``dpmpp_multistep.py``):
 
 as diffusers' DPMSolverMultistepScheduler(solver_order=3, algorithm_type="dpmsolver++").
 First and second order at the first two steps (``solver_type`` picks the second-order update);
-with ``lower_order_final`` and fewer than 15 steps, second then first order at the last two; a
+with ``lower_order_final``, second then first order at the last two; a
 step to sigma = 0 returns x0. Deterministic, one NFE per step.
 """
 
-from __future__ import annotations
+from difforge.diffusion.samplers.dpmpp_multistep import ode_solver
 
-import torch
-from torch import Tensor
-
-from difforge.diffusion.samplers.common import DenoiserFn, StepCallback
-from difforge.diffusion.samplers.dpmpp_multistep import dpmpp_multistep
-
-
-def sample_dpmpp_3m(
-    denoiser: DenoiserFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    solver_type: str = "midpoint",
-    lower_order_final: bool = True,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
-    class_labels: Tensor | None = None,
-) -> Tensor:
-    """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
-    return dpmpp_multistep(
-        denoiser,
-        x,
-        sigmas,
-        order=3,
-        eta=0.0,
-        s_noise=1.0,
-        solver_type=solver_type,
-        lower_order_final=lower_order_final,
-        generator=generator,
-        callback=callback,
-        class_labels=class_labels,
-    )
+sample_dpmpp_3m = ode_solver(3)

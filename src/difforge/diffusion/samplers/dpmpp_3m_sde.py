@@ -15,39 +15,6 @@ algorithm_type="sde-dpmsolver++" with solver_order=3 is not the same update: see
 ``dpmpp_multistep.py``.
 """
 
-from __future__ import annotations
+from difforge.diffusion.samplers.dpmpp_multistep import sde_solver
 
-import torch
-from torch import Tensor
-
-from difforge.diffusion.samplers.common import DenoiserFn, StepCallback
-from difforge.diffusion.samplers.dpmpp_multistep import dpmpp_multistep
-
-
-def sample_dpmpp_3m_sde(
-    denoiser: DenoiserFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    solver_type: str = "midpoint",
-    lower_order_final: bool = True,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
-    class_labels: Tensor | None = None,
-) -> Tensor:
-    """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
-    return dpmpp_multistep(
-        denoiser,
-        x,
-        sigmas,
-        order=3,
-        eta=eta,
-        s_noise=s_noise,
-        solver_type=solver_type,
-        lower_order_final=lower_order_final,
-        generator=generator,
-        callback=callback,
-        class_labels=class_labels,
-    )
+sample_dpmpp_3m_sde = sde_solver(3)

@@ -20,7 +20,7 @@ outputs x0_i, x0_{i-1}, x0_{i-2} by divided differences (r0 = h_{i-1} / h, r1 = 
 
 (the third-order multistep of the authors' reference code, used by diffusers' and k-diffusion's
 3M). A step to sigma = 0 returns x0_i (the limit of the first-order update). The order warms up
-and, with ``lower_order_final``, drops at the last steps when there are fewer than 15 (see
+and, with ``lower_order_final``, drops at the last steps (see
 ``multistep.py``). One NFE per step.
 
 Note: diffusers 0.42's third-order "sde-dpmsolver++" update weights D2 by -(phi_3(2h) + 1), not
@@ -31,13 +31,13 @@ follows the derivation above.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, noise_like, report
 from difforge.diffusion.samplers.multistep import (
-    LOWER_ORDER_FINAL_BELOW_STEPS,
     check_choice,
     check_flag,
     check_noise,
@@ -79,7 +79,6 @@ def dpmpp_multistep(
         eta=eta, s_noise=s_noise, solver_type=solver_type, lower_order_final=lower_order_final
     )
     steps = len(sigmas) - 1
-    lower_final = lower_order_final and steps < LOWER_ORDER_FINAL_BELOW_STEPS
     x0s: list[Tensor] = []  # newest first
     hs: list[float] = []  # h of the previous steps, newest first
     for i in range(steps):
@@ -93,7 +92,7 @@ def dpmpp_multistep(
         big_h = (1 + eta) * h
         phi_1 = -math.expm1(-big_h)
         phi_2 = 1 - phi_1 / big_h
-        p = multistep_order(order, i, steps, lower_final)
+        p = multistep_order(order, i, steps, lower_order_final)
         x = (sigma_next / sigma) * math.exp(-eta * h) * x + phi_1 * x0
         if p >= 2:
             r0 = hs[0] / h
@@ -111,3 +110,70 @@ def dpmpp_multistep(
             x = x + amplitude * noise_like(x, generator)
         hs = [h, *hs[:1]]
     return x
+
+
+def ode_solver(order: int) -> Callable[..., Tensor]:
+    """The update of ``order`` with eta = 0 as a sampler (DPM-Solver++(2M), (3M))."""
+
+    def sample(
+        denoiser: DenoiserFn,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        class_labels: Tensor | None = None,
+    ) -> Tensor:
+        """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
+        return sde_sample(
+            denoiser,
+            x,
+            sigmas,
+            eta=0.0,
+            solver_type=solver_type,
+            lower_order_final=lower_order_final,
+            generator=generator,
+            callback=callback,
+            class_labels=class_labels,
+        )
+
+    sde_sample = sde_solver(order)
+    sample.__name__ = sample.__qualname__ = f"sample_dpmpp_{order}m"
+    return sample
+
+
+def sde_solver(order: int) -> Callable[..., Tensor]:
+    """The update of ``order`` as a sampler with its noise options (SDE-DPM-Solver++(2M), (3M))."""
+
+    def sample(
+        denoiser: DenoiserFn,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
+        eta: float = 1.0,
+        s_noise: float = 1.0,
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        class_labels: Tensor | None = None,
+    ) -> Tensor:
+        """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
+        return dpmpp_multistep(
+            denoiser,
+            x,
+            sigmas,
+            order=order,
+            eta=eta,
+            s_noise=s_noise,
+            solver_type=solver_type,
+            lower_order_final=lower_order_final,
+            generator=generator,
+            callback=callback,
+            class_labels=class_labels,
+        )
+
+    sample.__name__ = sample.__qualname__ = f"sample_dpmpp_{order}m_sde"
+    return sample

@@ -186,7 +186,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "SDE-DPM-Solver++(2M), eta",
             noise_options=("eta",),
             check=check_dpmpp_multistep_options,
-            defaults={"discrete": {"grid": "trailing"}, "continuous": FLOW_MIN},
+            defaults=_on_both(FLOW_MIN),
             multistep_spacing=True,
         ),
         SamplerSpec(
@@ -196,10 +196,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "SDE-DPM-Solver++(3M), eta",
             noise_options=("eta",),
             check=check_dpmpp_multistep_options,
-            defaults={
-                "discrete": {"grid": "linspace", "solver_type": "heun"},
-                "continuous": FLOW_MIN,
-            },
+            defaults=_on_both(FLOW_MIN),
             multistep_spacing=True,
         ),
         SamplerSpec(
