@@ -4,7 +4,7 @@
     python scripts/nfe_sweep.py out_dir=docs/figures    # regenerate the guide's figure and tables
     python scripts/nfe_sweep.py num_samples=10000 sweep2d.enabled=false   # ~1 min
     python scripts/nfe_sweep.py exact=false ckpt_path=CKPT   # FID versus NFE of a trained model
-                                                             # alone (digits: 6-9 min)
+                                                             # alone (digits: 5-9 min)
 
 The lesson is ``difforge.lessons.nfe_sweep.run``; its config is configs/lessons/nfe_sweep.yaml.
 """
