@@ -101,7 +101,8 @@ def test_a_clipped_top_is_never_a_grid_level():
         ({"final_sigma": 0}, r"unknown sampler.final_sigma 0; allowed: zero, min"),
         ({"final_sigma": False}, r"unknown sampler.final_sigma False; allowed: zero, min"),
         ({"rho": 0.0}, r"sampler.rho must be > 0, got 0.0"),
-        ({"S_chrun": 1.0}, r"unknown option 'S_chrun' for sampler 'ddim'; its options: eta"),
+        ({"S_chrun": 1.0}, r"unknown option 'S_chrun' for sampler 'ddim'; its options: eta$"),
+        ({"etaa": 1.0}, r"its options: eta; did you mean 'eta'\?$"),
         ({"eta": -1.0}, r"sampler.eta must be >= 0, got -1.0"),
     ],
 )

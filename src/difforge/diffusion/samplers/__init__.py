@@ -10,6 +10,7 @@ and any schedule.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -95,8 +96,11 @@ class Sampler:
         unknown = sorted(set(options) - set(self.spec.options))
         if unknown:
             allowed = ", ".join(self.spec.options) or "none"
+            close = difflib.get_close_matches(unknown[0], self.spec.options, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"unknown option {unknown[0]!r} for sampler {algorithm!r}; its options: {allowed}"
+                f"unknown option {unknown[0]!r} for sampler {algorithm!r}; its options: "
+                f"{allowed}{hint}"
             )
         options = {name: value for name, value in options.items() if value is not None}
         self.spec.check(**options)
