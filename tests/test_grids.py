@@ -172,8 +172,9 @@ def test_every_sampler_starts_from_pure_noise(algorithm, gmm1d, oracle1d):
     spec = SAMPLERS[algorithm]
     n = 20_000
     schedule = LinearSchedule(rescale_zero_terminal_snr=True)
-    final_zero = spec.defaults_for(schedule)["final_sigma"] == "zero"
-    sampler = Sampler(algorithm, spec.steps_for_nfe(100, final_zero), grid="trailing")
+    sampler = Sampler(algorithm, 1, grid="trailing")
+    sampler = sampler.replace(steps=sampler.steps_for_nfe(100, schedule))
+    final_zero = sampler.final_sigma_for(schedule) == "zero"
     result = sampler(
         oracle1d,
         schedule,

@@ -41,9 +41,8 @@ def test_sampler_reproduces_the_mixture(algorithm, schedule, gmm1d, oracle1d, w1
 def test_defaults_reach_the_floor_at_100_nfe(algorithm, schedule, gmm1d, oracle1d, w1_floor):
     """The defaults are chosen at 5-20 NFE (docs/benchmarks.md, section 3); they must not leave
     an error that more steps cannot remove (a grid starting below the top does)."""
-    spec = SAMPLERS[algorithm]
-    final_zero = spec.defaults_for(schedule)["final_sigma"] == "zero"
-    sampler = Sampler(algorithm, spec.steps_for_nfe(100, final_zero))
+    sampler = Sampler(algorithm, 1)
+    sampler = sampler.replace(steps=sampler.steps_for_nfe(100, schedule))
     result = sampler(
         oracle1d, schedule, (N, 1), dtype=torch.float64, generator=torch.Generator().manual_seed(0)
     )

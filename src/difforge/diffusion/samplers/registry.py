@@ -102,12 +102,6 @@ class SamplerSpec:
         single = int(final_zero) + int(from_infinity and steps > 1)
         return self.evals_per_step * steps - (self.evals_per_step - 1) * single
 
-    def steps_for_nfe(self, nfe: int, final_zero: bool = True) -> int:
-        """The most steps whose NFE (ending at sigma = 0, or above it) does not exceed ``nfe``
-        (at least 1)."""
-        fits = [s for s in range(1, nfe + 1) if self.nfe(s, final_zero) <= nfe]
-        return max(fits, default=1)
-
 
 # Defaults measured best at 5-20 NFE on the exact score (docs/benchmarks.md, section 3, "grid
 # choice"): the flow grid (t = sigma / (1 + sigma) uniform) ending at sigma_min wins for most.
