@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from difforge.errors import CheckpointError
 from difforge.training.checkpoint import AtomicCheckpointIO, load_checkpoint
@@ -121,9 +122,30 @@ def test_a_checkpoint_saved_with_the_old_config_spelling_still_loads(
         config["loss"]["sigma_data"] = config.get("sigma_data", 0.5)
     config["sampler"].update(grid="discrete", rho=7.0)
     config["module"]["class_dropout"] = 0.1
+    # Before the module node was a config group: a partial with no parts, and no noise_law group.
+    config["module"]["_partial_"] = True
+    del config["noise_law"]
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
     module, cfg = module_from_checkpoint(old)
     assert type(module.loss_fn).__name__ == expected
     assert module.sampler.grid == "linspace" and module.sampler.rho is None
     assert cfg.module.class_dropout is None
+    assert type(module.noise_law).__name__ == "ScheduleLaw"
+
+
+def test_a_checkpoint_saves_each_part_of_the_module_once(trained_checkpoint):
+    """The module node is saved with its own settings only; its parts (network, schedule, ...)
+    stay under their groups, so a sampler given at load time is the one the module uses."""
+    from difforge.training.build import module_from_checkpoint
+    from difforge.training.config import MODULE_PARTS
+
+    config = torch.load(trained_checkpoint, weights_only=True)["difforge"]["config"]
+    assert not set(MODULE_PARTS) & set(config["module"])
+    assert config["module"]["_target_"] == "difforge.training.module.DiffusionModule"
+    assert all(group in config for group in MODULE_PARTS.values())
+    sampler = OmegaConf.create(
+        {"_target_": config["sampler"]["_target_"], "algorithm": "euler", "steps": 3}
+    )
+    module, _ = module_from_checkpoint(trained_checkpoint, sampler)
+    assert (module.sampler.algorithm, module.sampler.steps) == ("euler", 3)

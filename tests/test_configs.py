@@ -186,3 +186,37 @@ def test_images_end_in_their_range_even_on_a_grid_ending_at_sigma_min():
     vector_module = build_module(compose_train("data=gmm1d", "model=mlp"), (1,))
     vectors = vector_module.generate(64, sampler=sampler, generator=generator).samples
     assert vectors.abs().max() > 1.0  # no range to clamp to
+
+
+def test_the_module_node_is_the_object_tree():
+    """configs/module/diffusion.yaml names every argument of DiffusionModule but the two the
+    builder supplies (data_shape, run_config): each part references its group, the rest are the
+    module's own settings; instantiating the node builds what the groups say."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    from difforge.training.config import MODULE_PARTS
+    from difforge.training.module import DiffusionModule
+
+    node = OmegaConf.to_container(OmegaConf.load(CONFIGS / "module" / "diffusion.yaml"))
+    arguments = set(inspect.signature(DiffusionModule.__init__).parameters) - {"self"}
+    assert set(node) - {"_target_"} == arguments - {"data_shape", "run_config"}
+    assert {argument: node[argument] for argument in MODULE_PARTS} == {
+        argument: f"${{{group}}}" for argument, group in MODULE_PARTS.items()
+    }
+    cfg = compose_train(
+        "schedule=edm", "parameterization=edm", "loss=edm", "noise_law=log_normal", "module.lr=3e-4"
+    )
+    module = instantiate(cfg.module, data_shape=(1, 8, 8))
+    built = {
+        "model": module.denoiser.net,
+        "schedule": module.schedule,
+        "parameterization": module.denoiser.parameterization,
+        "loss": module.loss_fn,
+        "noise_law": module.noise_law,
+        "sampler": module.sampler,
+    }
+    for group, part in built.items():
+        assert type(part) is get_class(cfg[group]._target_), group
+    assert module.sampler.algorithm == cfg.sampler.algorithm and module.lr == 3e-4

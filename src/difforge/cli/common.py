@@ -152,8 +152,21 @@ def config_tree(cfg: DictConfig) -> Any:
         )
     for key, value in cfg.items():
         if isinstance(value, DictConfig):
-            tree.add(str(key)).add(Syntax(OmegaConf.to_yaml(value, resolve=True), "yaml"))
+            tree.add(str(key)).add(Syntax(section_yaml(str(key), value), "yaml"))
     return tree
+
+
+def section_yaml(key: str, section: DictConfig) -> str:
+    """One section of the config, resolved; the module's parts are shown as the references they
+    are (``net: ${model}``), each part's values under its own group."""
+    if key != "module":
+        return OmegaConf.to_yaml(section, resolve=True)
+    from difforge.training.config import MODULE_PARTS, module_settings
+
+    settings = module_settings(section)
+    parts = {arg: f"${{{group}}}" for arg, group in MODULE_PARTS.items() if arg in section}
+    target = {"_target_": settings.pop("_target_")} if "_target_" in settings else {}
+    return OmegaConf.to_yaml(OmegaConf.create({**target, **parts, **settings}))
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:

@@ -18,13 +18,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.errors import DifforgeError
-from difforge.training.build import (
-    MODEL_GROUPS,
-    build_module,
-    resolve_learned_variance,
-    resolve_precision,
-)
+from difforge.training.build import build_module, resolve_learned_variance, resolve_precision
 from difforge.training.checkpoint import load_checkpoint
+from difforge.training.config import MODEL_GROUPS, plain_config
 from difforge.training.fid_callback import BestCheckpoint
 from difforge.training.module import effective_batch_size
 
@@ -241,7 +237,12 @@ def train(cfg: DictConfig) -> float | None:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     if not cfg.data.get("download", False):
         datamodule.setup("fit")  # missing or unreadable data fail here, before anything heavy
-    module = build_module(cfg, tuple(datamodule.data_shape))  # type: ignore[attr-defined]
+    choices = HydraConfig.get().runtime.choices
+    run = {
+        "overrides": list(HydraConfig.get().overrides.task),
+        "choices": {group: choices[group] for group in MODEL_GROUPS if choices.get(group)},
+    }
+    module = build_module(cfg, tuple(datamodule.data_shape), run)  # type: ignore[attr-defined]
     callbacks = instantiate_list(cfg.get("callbacks"))
     check_inception_weights(cfg, datamodule, callbacks)
     loggers = instantiate_list(cfg.get("logger"))
@@ -262,17 +263,11 @@ def train(cfg: DictConfig) -> float | None:
         trainer.accumulate_grad_batches,
         cfg.module.lr,
     )
-    hparams: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    hparams = plain_config(cfg)
     hparams["effective_batch_size"] = batch
     hparams["num_parameters"] = sum(p.numel() for p in module.denoiser.parameters())
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
-    choices = HydraConfig.get().runtime.choices
-    module.run_config = {
-        **(module.run_config or {}),
-        "overrides": list(HydraConfig.get().overrides.task),
-        "choices": {group: choices[group] for group in MODEL_GROUPS if choices.get(group)},
-    }
     if trainer.global_rank == 0:
         write_run_file(cfg)
     if ckpt_path:

@@ -10,13 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from difforge.errors import CheckpointError
 from difforge.training.checkpoint import load_checkpoint
+from difforge.training.config import MODEL_CONFIG_KEYS, plain_config, wire_module
 from difforge.training.module import DiffusionModule
-
-# The config groups that define a trained model: their choices are saved in every checkpoint
-# (``choices``), for sample.py and eval.py to name.
-MODEL_GROUPS = ("data", "model", "schedule", "parameterization", "loss", "noise_law")
-# The parts of a run's config that define its model; saved in every checkpoint.
-MODEL_CONFIG_KEYS = (*MODEL_GROUPS, "sampler", "module")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -30,32 +25,6 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def check_network_fits_data(net: Any, data_shape: tuple[int, ...]) -> None:
-    """Catch channel and size mismatches between data and network at start, with both values named."""
-    if len(data_shape) == 3:
-        channels, height, width = data_shape
-        net_channels = getattr(net, "in_channels", None)
-        if net_channels is not None and net_channels != channels:
-            raise ValueError(
-                f"the data has {channels} channel(s) but model.in_channels={net_channels}"
-            )
-        size = getattr(net, "image_size", None)
-        if size is not None and (height, width) != (size, size):
-            raise ValueError(f"the data is {height}x{width} but model.image_size={size}")
-        if getattr(net, "dim", None) is not None:
-            raise ValueError(
-                f"model {type(net).__name__} is for vector data, but the data are images of shape {data_shape}"
-            )
-    else:
-        dim = getattr(net, "dim", None)
-        if dim is None:
-            raise ValueError(
-                f"model {type(net).__name__} is for images, but the data are vectors of shape {data_shape}; use model=mlp"
-            )
-        if dim != data_shape[0]:
-            raise ValueError(f"the data have dimension {data_shape[0]} but model.dim={dim}")
-
-
 def check_model_config_fits_data(model_cfg: DictConfig, data_shape: tuple[int, ...]) -> None:
     """Image networks read ``data.channels``/``data.image_size``, vector networks ``data.dim``: a
     missing one means the model does not fit the data kind."""
@@ -67,24 +36,6 @@ def check_model_config_fits_data(model_cfg: DictConfig, data_shape: tuple[int, .
         raise ValueError(
             f"model {model_cfg._target_.split('.')[-1]} is for images, but the data are vectors of shape {data_shape}; use model=mlp"
         )
-
-
-DEFAULT_CLASS_DROPOUT = 0.1  # Ho & Salimans 2022 train with p_uncond in {0.1, 0.2}
-
-
-def class_dropout_for(module_cfg: DictConfig, num_classes: int) -> float:
-    """``module.class_dropout``: null -> 0.1 for a class-conditional network; a value for an
-    unconditional one cannot apply and is refused."""
-    value = module_cfg.get("class_dropout")
-    if value is None:
-        return DEFAULT_CLASS_DROPOUT if num_classes else 0.0
-    if num_classes == 0:
-        raise ValueError(
-            f"module.class_dropout={value} needs a class-conditional model "
-            "(model.num_classes=<the data's number of classes>); "
-            "leave it null for an unconditional one"
-        )
-    return float(value)
 
 
 def check_one_sigma_data(cfg: DictConfig) -> None:
@@ -111,32 +62,20 @@ def resolve_learned_variance(cfg: DictConfig) -> None:
     model.learned_variance = bool(getattr(get_class(loss._target_), "learned_variance", False))
 
 
-def build_module(cfg: DictConfig, data_shape: tuple[int, ...]) -> DiffusionModule:
+def build_module(
+    cfg: DictConfig, data_shape: tuple[int, ...], run: dict[str, Any] | None = None
+) -> DiffusionModule:
+    """``instantiate(cfg.module)``: the module node references its parts (``net: ${model}``, ...),
+    so one call builds the network, the engine's pieces and the module. The config is checked
+    first, where a mistake would otherwise surface as an obscure constructor error. The module
+    saves in its checkpoints the model's config (``MODEL_CONFIG_KEYS``) and ``run`` (the run's
+    overrides and group choices, for resuming and for sample.py to name them)."""
     resolve_learned_variance(cfg)
     check_model_config_fits_data(cfg.model, data_shape)
     check_one_sigma_data(cfg)
-    net = instantiate(cfg.model)
-    check_network_fits_data(net, data_shape)
-    if cfg.module.get("channels_last") and len(data_shape) != 3:
-        raise ValueError(
-            f"module.channels_last=true is a memory layout for images; the data are vectors of shape {data_shape}"
-        )
-    module_factory = instantiate(cfg.module)
-    module = module_factory(
-        class_dropout=class_dropout_for(cfg.module, int(getattr(net, "num_classes", 0))),
-        net=net,
-        schedule=instantiate(cfg.schedule),
-        parameterization=instantiate(cfg.parameterization),
-        loss=instantiate(cfg.loss),
-        sampler=instantiate(cfg.sampler),
-        noise_law=instantiate(cfg.noise_law) if cfg.get("noise_law") is not None else None,
-        data_shape=data_shape,
-    )
-    module.run_config = {
-        key: OmegaConf.to_container(cfg[key], resolve=True)
-        for key in MODEL_CONFIG_KEYS
-        if cfg.get(key) is not None
-    }
+    run_config = {**plain_config(cfg, MODEL_CONFIG_KEYS), **(run or {})}
+    build = instantiate(cfg.module, _partial_=True)
+    module: DiffusionModule = build(data_shape=data_shape, run_config=run_config)
     return module
 
 
@@ -153,8 +92,8 @@ def upgrade_saved_config(cfg: DictConfig) -> DictConfig:
     """A checkpoint's saved training config in today's spelling, so that older runs still load:
     ``DenoisingLoss(weighting=...)`` becomes its weighting's class, ``sampler.grid=discrete``
     the ``linspace`` spacing it was, the old always-present ``sampler.rho: 7`` is dropped where
-    the grid has no rho, and the old default ``module.class_dropout: 0.1`` of an unconditional
-    network becomes null."""
+    the grid has no rho, the old default ``module.class_dropout: 0.1`` of an unconditional
+    network becomes null, and the module node references its parts again (``wire_module``)."""
     loss = cfg.get("loss")
     if loss is not None and "weighting" in loss:
         target, keep = _LEGACY_WEIGHTINGS[str(loss.weighting)]
@@ -169,7 +108,7 @@ def upgrade_saved_config(cfg: DictConfig) -> DictConfig:
     unconditional = model is not None and not model.get("num_classes")
     if module is not None and unconditional and module.get("class_dropout") == 0.1:
         module.class_dropout = None
-    return cfg
+    return wire_module(cfg)
 
 
 def module_from_checkpoint(

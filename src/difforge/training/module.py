@@ -39,6 +39,52 @@ def nonfinite_parameter_groups(net: nn.Module, depth: int = 2) -> list[str]:
     return groups
 
 
+def check_network_fits_data(net: Any, data_shape: tuple[int, ...]) -> None:
+    """Catch channel and size mismatches between data and network at start, with both values named."""
+    if len(data_shape) == 3:
+        channels, height, width = data_shape
+        net_channels = getattr(net, "in_channels", None)
+        if net_channels is not None and net_channels != channels:
+            raise ValueError(
+                f"the data has {channels} channel(s) but model.in_channels={net_channels}"
+            )
+        size = getattr(net, "image_size", None)
+        if size is not None and (height, width) != (size, size):
+            raise ValueError(f"the data is {height}x{width} but model.image_size={size}")
+        if getattr(net, "dim", None) is not None:
+            raise ValueError(
+                f"model {type(net).__name__} is for vector data, but the data are images of shape {data_shape}"
+            )
+    else:
+        dim = getattr(net, "dim", None)
+        if dim is None:
+            raise ValueError(
+                f"model {type(net).__name__} is for images, but the data are vectors of shape {data_shape}; use model=mlp"
+            )
+        if dim != data_shape[0]:
+            raise ValueError(f"the data have dimension {data_shape[0]} but model.dim={dim}")
+
+
+# Ho & Salimans 2022 train with p_uncond in {0.1, 0.2}.
+DEFAULT_CLASS_DROPOUT = 0.1
+
+
+def class_dropout_for(class_dropout: float | None, num_classes: int) -> float:
+    """The label dropout: None -> 0.1 for a class-conditional network, 0 for an unconditional one,
+    for which a value cannot apply and is refused."""
+    if class_dropout is None:
+        return DEFAULT_CLASS_DROPOUT if num_classes else 0.0
+    if num_classes == 0:
+        raise ValueError(
+            f"module.class_dropout={class_dropout} needs a class-conditional model "
+            "(model.num_classes=<the data's number of classes>); "
+            "leave it null for an unconditional one"
+        )
+    if not 0 <= class_dropout < 1:
+        raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    return float(class_dropout)
+
+
 class DiffusionModule(L.LightningModule):
     """Trains ``net`` as a denoiser and samples with its EMA weights.
 
@@ -49,7 +95,8 @@ class DiffusionModule(L.LightningModule):
         lr, betas, weight_decay, warmup_steps: AdamW and its linear warm-up (per optimizer step).
         ema_decay, ema_warmup: see ``difforge.training.ema.EMA``.
         class_dropout: probability of replacing a label by the null label while training a
-            conditional network, for classifier-free guidance (Ho & Salimans 2022, sec. 3.2).
+            conditional network, for classifier-free guidance (Ho & Salimans 2022, sec. 3.2);
+            None: 0.1 for a conditional network. A value for an unconditional one is refused.
         guidance_scale: classifier-free guidance weight used when sampling with labels.
         compile: ``torch.compile`` the training forward pass (loss and network) and the EMA
             denoiser that sampling and validation call (in place: state-dict keys unchanged).
@@ -65,6 +112,12 @@ class DiffusionModule(L.LightningModule):
             None: on for images, off for vector data.
         noise_law: the law of training noise levels (``difforge.diffusion.noise_laws``);
             None: the schedule's own.
+        run_config: the config the module was built from (``training.build.build_module``), saved
+            in its checkpoints so that sample.py, eval.py and a resumed run can rebuild it.
+
+    Raises:
+        ValueError: a setting out of range, or a network that does not fit ``data_shape``, the
+            loss or the options (each named with its value).
     """
 
     def __init__(
@@ -81,21 +134,25 @@ class DiffusionModule(L.LightningModule):
         warmup_steps: int = 0,
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
-        class_dropout: float = 0.1,
+        class_dropout: float | None = None,
         guidance_scale: float = 1.0,
         compile: bool = False,
         channels_last: bool | None = None,
         max_nonfinite_skips: int = 0,
         clip_denoised: bool | None = None,
         noise_law: NoiseLaw | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        if not 0 <= class_dropout < 1:
-            raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+        check_network_fits_data(net, tuple(data_shape))
+        if channels_last and len(data_shape) != 3:
+            raise ValueError(
+                f"module.channels_last=true is a memory layout for images; the data are vectors of shape {tuple(data_shape)}"
+            )
         loss_needs_variance = bool(getattr(loss, "learned_variance", False))
         net_has_variance = bool(getattr(net, "learned_variance", False))
         if loss_needs_variance != net_has_variance:
@@ -124,7 +181,7 @@ class DiffusionModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
         self.num_classes = int(getattr(net, "num_classes", 0))
-        self.class_dropout = class_dropout
+        self.class_dropout = class_dropout_for(class_dropout, self.num_classes)
         self.guidance_scale = guidance_scale
         check_guidance(self.num_classes, guidance_scale)
         self.val_loss = MeanMetric()
@@ -142,7 +199,7 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_skips = 0
         self._nonfinite = NonfiniteRecorder(max_nonfinite_skips + 1)
         self._flagged_optimizer: torch.optim.Optimizer | None = None
-        self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
+        self.run_config = run_config
 
     # --- training -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
