@@ -21,7 +21,7 @@ from difforge.diffusion.likelihood import (
     vlb_bits_per_dim,
 )
 from difforge.diffusion.samplers import Sampler
-from difforge.diffusion.schedules import DiscreteSchedule
+from difforge.diffusion.schedules import require_discrete
 from difforge.errors import DifforgeError
 from difforge.metrics.mixture import mixture_metrics
 
@@ -41,7 +41,7 @@ def likelihood_metrics(
     if method not in NLL_METHODS:
         raise DifforgeError(f"unknown nll.method {method!r}; allowed: {', '.join(NLL_METHODS)}")
     if method == "auto":
-        method = "vlb" if isinstance(schedule, DiscreteSchedule) else "ode"
+        method = "vlb" if schedule.is_discrete else "ode"
     generator = torch.Generator().manual_seed(cfg.seed)
     num_dims = x[0].numel()
     if method == "vlb" and cfg.nll.ode_steps is not None:
@@ -50,8 +50,7 @@ def likelihood_metrics(
             "(nll.method=vlb or auto with a discrete schedule)"
         )
     if method == "vlb":
-        if not isinstance(schedule, DiscreteSchedule):
-            raise DifforgeError("nll.method=vlb needs a discrete schedule; use nll.method=ode")
+        schedule = require_discrete(schedule, "nll.method=vlb", "use nll.method=ode")
         variance = "learned" if getattr(denoiser, "learned_variance", False) else "large"
         bound = vlb_bits_per_dim(
             denoiser, schedule, x, variance=variance, discretized=is_image, generator=generator
