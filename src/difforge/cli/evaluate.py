@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from difforge.cli.common import output_dir
-from difforge.cli.sample import OracleSampling, load_model, pick_device, sampling_labels
+from difforge.cli.sample import OracleSampling, generate, load_model, pick_device
 from difforge.diffusion.gaussian_mixture import GaussianMixture
 from difforge.diffusion.likelihood import (
     bits_per_dim,
@@ -95,18 +95,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     sampler: Sampler = instantiate(cfg.sampler)
     model, mixture, train_cfg = load_model(cfg, sampler, device)
-    generator = torch.Generator(
-        device="cpu" if isinstance(model, OracleSampling) else device
-    ).manual_seed(cfg.seed)
-    labels = sampling_labels(cfg, model)
-    result = model.generate(
-        cfg.num_samples,
-        generator=generator,
-        batch_size=cfg.batch_size,
-        class_labels=labels,
-        use_ema=cfg.use_ema,
-        progress=True,
-    )
+    result, _ = generate(cfg, model, device)
     metrics: dict[str, float] = {
         "nfe": float(result.nfe),
         "num_samples": float(result.samples.shape[0]),
