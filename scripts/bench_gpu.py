@@ -63,7 +63,7 @@ from difforge.diffusion.losses import DenoisingLoss  # noqa: E402
 from difforge.diffusion.parameterization import Denoiser, EpsParameterization  # noqa: E402
 from difforge.diffusion.samplers import Sampler  # noqa: E402
 from difforge.diffusion.schedules import LinearSchedule  # noqa: E402
-from difforge.machine import machine_info  # noqa: E402
+from difforge.machine import machine_info, sync  # noqa: E402
 from difforge.training.ema import EMA  # noqa: E402
 
 H100_H200_SXM_BF16_DENSE_TFLOPS = 989.0
@@ -101,11 +101,6 @@ def build_net(args: argparse.Namespace, name: str, **overrides: Any) -> torch.nn
     if hasattr(net, "check_inputs"):
         net.check_inputs = False  # its class-label range check reads the device
     return net
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def memory_format(args: argparse.Namespace, net: torch.nn.Module) -> torch.memory_format:
