@@ -30,13 +30,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from bench_unet import machine_info, num_params, profiler_peak_mib, timed
 from difforge.nets.dit import DiT
+from difforge.nets.presets import load_preset
 
-ROOT = Path(__file__).resolve().parents[1]
 # size -> preset, data (channels, image size, classes), default batch / repeats / steps per block.
 SETTINGS: dict[str, dict[str, Any]] = {
     "tiny": {"preset": "dit_tiny", "channels": 1, "image_size": 8, "classes": 10,
@@ -49,13 +48,8 @@ VARIANTS = {"fp32": False, "bf16": True}
 
 def preset(size: str, patch_size: int | None) -> dict[str, Any]:
     settings = SETTINGS[size]
-    cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{settings['preset']}.yaml").read_text())
-    cfg.pop("_target_")
-    cfg.update(
-        in_channels=settings["channels"],
-        image_size=settings["image_size"],
-        num_classes=settings["classes"],
-    )
+    _, cfg = load_preset(settings["preset"], settings["channels"], settings["image_size"])
+    cfg["num_classes"] = settings["classes"]
     if patch_size is not None:
         cfg["patch_size"] = patch_size
     return cfg

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib
 import json
 import os
 import statistics
@@ -50,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 with contextlib.suppress(ImportError):
@@ -63,35 +61,12 @@ from difforge.diffusion.losses import DenoisingLoss  # noqa: E402
 from difforge.diffusion.parameterization import Denoiser, EpsParameterization  # noqa: E402
 from difforge.diffusion.samplers import Sampler  # noqa: E402
 from difforge.diffusion.schedules import LinearSchedule  # noqa: E402
-from difforge.machine import machine_info  # noqa: E402
+from difforge.machine import machine_info, sync  # noqa: E402
+from difforge.nets.presets import available_presets, load_preset  # noqa: E402
 from difforge.training.ema import EMA  # noqa: E402
 
 H100_H200_SXM_BF16_DENSE_TFLOPS = 989.0
 DEFAULT_MODELS = ("unet_base", "dit_b")
-# Keys filled from the data by Hydra's interpolation in configs/model/*.yaml.
-DATA_KEYS = ("in_channels", "image_size")
-
-
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
-
-
-def load_preset(name: str, channels: int, image_size: int) -> tuple[Callable[..., Any], dict]:
-    """The network class and arguments of ``configs/model/<name>.yaml`` for this data shape."""
-    path = ROOT / "configs" / "model" / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"no model preset {name!r}; available: {', '.join(available_presets())}")
-    cfg = yaml.safe_load(path.read_text())
-    module_name, _, class_name = cfg.pop("_target_").rpartition(".")
-    data = {"in_channels": channels, "image_size": image_size}
-    for key, value in cfg.items():
-        if isinstance(value, str) and value.startswith("${"):
-            if key not in DATA_KEYS:
-                raise ValueError(
-                    f"{path}: {key}={value} is an interpolation this script cannot fill"
-                )
-            cfg[key] = data[key]
-    return getattr(importlib.import_module(module_name), class_name), cfg
 
 
 def build_net(args: argparse.Namespace, name: str, **overrides: Any) -> torch.nn.Module:
@@ -101,11 +76,6 @@ def build_net(args: argparse.Namespace, name: str, **overrides: Any) -> torch.nn
     if hasattr(net, "check_inputs"):
         net.check_inputs = False  # its class-label range check reads the device
     return net
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def memory_format(args: argparse.Namespace, net: torch.nn.Module) -> torch.memory_format:

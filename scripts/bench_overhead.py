@@ -59,6 +59,8 @@ from typing import Any
 
 import torch
 
+from difforge.machine import sync
+
 ROOT = Path(__file__).resolve().parents[1]
 # What the benchmark removes from the real configuration, and why: see the module docstring.
 BASE_OVERRIDES = [
@@ -113,12 +115,6 @@ def ablated(module: Any, kind: str) -> Any:
 
         module.__class__ = Bare
     return module
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the GPU (a no-op on the CPU), so that a clock read covers the work queued."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PlainRunner:

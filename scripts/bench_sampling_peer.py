@@ -42,7 +42,7 @@ from bench_unet import SETTINGS, build_diffusers, preset
 from difforge.diffusion.parameterization import Denoiser, EpsParameterization
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import LinearSchedule
-from difforge.machine import machine_info
+from difforge.machine import machine_info, sync
 
 
 class DiffusersNet(nn.Module):
@@ -56,11 +56,6 @@ class DiffusersNet(nn.Module):
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None
     ) -> Tensor:
         return self.unet(x, noise_labels, return_dict=False)[0]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def loops(

@@ -37,6 +37,7 @@ from difforge.diffusion.parameterization import Denoiser, EpsParameterization
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import CosineSchedule, LinearSchedule
 from difforge.machine import machine_info
+from difforge.nets.presets import load_preset
 from difforge.nets.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,9 +70,7 @@ def build_denoiser(model: str, ckpt: str | None) -> tuple[Any, Any, str]:
             net.check_inputs = False
         return module.ema_denoiser.eval(), module.schedule, f"checkpoint {ckpt} (EMA)"
     spec = MODELS[model]
-    cfg = yaml.safe_load((ROOT / "configs" / "model" / f"unet_{model}.yaml").read_text())
-    cfg.pop("_target_")
-    cfg["in_channels"], cfg["image_size"] = spec["channels"], spec["image_size"]
+    _, cfg = load_preset(f"unet_{model}", spec["channels"], spec["image_size"])
     torch.manual_seed(0)
     net = UNet(**cfg)
     net.check_inputs = False

@@ -47,13 +47,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from difforge.machine import machine_info as difforge_machine_info
+from difforge.nets.presets import load_preset
 from difforge.nets.unet import AttentionBlock, UNet
 
-ROOT = Path(__file__).resolve().parents[1]
 # size -> (channels, image size) of the benchmark data, and default batch / repeats / steps.
 SETTINGS: dict[str, dict[str, Any]] = {
     "tiny": {"channels": 1, "image_size": 8, "batch": 4, "repeats": 1, "steps": 1},
@@ -74,11 +73,7 @@ DEFAULT_VARIANTS["base"] = ["fp32", "bf16", "cl"]
 
 def preset(size: str) -> dict[str, Any]:
     """The UNet arguments of ``configs/model/unet_<size>.yaml`` at the benchmark's data shape."""
-    cfg = yaml.safe_load((ROOT / "configs" / "model" / f"unet_{size}.yaml").read_text())
-    cfg.pop("_target_")
-    cfg["in_channels"] = SETTINGS[size]["channels"]
-    cfg["image_size"] = SETTINGS[size]["image_size"]
-    return cfg
+    return load_preset(f"unet_{size}", SETTINGS[size]["channels"], SETTINGS[size]["image_size"])[1]
 
 
 def build_difforge(cfg: dict[str, Any]) -> nn.Module:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -123,3 +126,41 @@ def assert_reproduces_mixture(
         tolerance = mode_mass_tolerance(metrics[f"true_mass_{k}"], n) + DISCRETISATION_ALLOWANCE
         assert abs(metrics[f"mode_mass_{k}"] - metrics[f"true_mass_{k}"]) < tolerance, metrics
     assert metrics["mode_coverage"] == 1.0
+
+
+# --- two gloo ranks against one process -----------------------------------------------------------
+def join_gloo(rank: int, world: int, port: int) -> None:
+    """Join a ``world``-process gloo group on localhost as ``rank``; nothing when ``world`` is 1."""
+    if world > 1:
+        import torch.distributed as dist
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def save_rank_result(out_dir: str, rank: int, world: int, result: dict) -> None:
+    """Write ``result`` as ``world{world}_rank{rank}.json`` in ``out_dir``, then leave the group."""
+    Path(out_dir, f"world{world}_rank{rank}.json").write_text(json.dumps(result))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def single_and_two_gloo_ranks(
+    rank_fn: Callable[[int, int, str, int], None], out_dir: Path
+) -> tuple[dict, list[dict]]:
+    """Run ``rank_fn(rank, world, out_dir, port)`` alone (world 1), then as two gloo ranks; it
+    ends with :func:`save_rank_result`. Returns the single process's result and the two ranks'."""
+    import torch.multiprocessing as mp
+
+    rank_fn(0, 1, str(out_dir), 0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(rank_fn, args=(2, str(out_dir), port), nprocs=2, join=True)
+
+    def read(world: int, rank: int) -> dict:
+        return json.loads((out_dir / f"world{world}_rank{rank}.json").read_text())
+
+    return read(1, 0), [read(2, rank) for rank in (0, 1)]

@@ -3,15 +3,11 @@ gather their features and report exactly what one process reports on all of it."
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from helpers import join_gloo, save_rank_result, single_and_two_gloo_ranks
 
 pytestmark = pytest.mark.slow
 NUM_SAMPLES = 101  # odd: the ranks' shares differ in size
@@ -24,9 +20,7 @@ def _score(rank: int, world: int, out_dir: str, port: int) -> None:
     from difforge.training.fid_callback import gather_rows, rank_slice
 
     torch.set_num_threads(1)
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     datamodule = DigitsDataModule(batch_size=64)
     feature = digits_classifier()
     reference = reference_stats(datamodule, feature, "train", write=False)
@@ -47,25 +41,12 @@ def _score(rank: int, world: int, out_dir: str, port: int) -> None:
     result = FeatureMetrics(reference.num_features, kid_subset_size=50, kid_subsets=20)(
         reference, features, seed=0
     )
-    Path(out_dir, f"world{world}_rank{rank}.json").write_text(
-        json.dumps({k: float(v) for k, v in result.items()})
-    )
-    if world > 1:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    save_rank_result(out_dir, rank, world, {k: float(v) for k, v in result.items()})
 
 
 def test_two_gloo_ranks_report_the_single_process_fid(tmp_path):
-    _score(0, 1, str(tmp_path), 0)
-    mp.spawn(_score, args=(2, str(tmp_path), _free_port()), nprocs=2, join=True)
-    single = json.loads((tmp_path / "world1_rank0.json").read_text())
-    for rank in (0, 1):
-        ranked = json.loads((tmp_path / f"world2_rank{rank}.json").read_text())
+    single, ranks = single_and_two_gloo_ranks(_score, tmp_path)
+    for rank, ranked in enumerate(ranks):
         for key in ("fid", "kid_mean", "kid_std"):
             assert ranked[key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), (key, rank)
     assert single["fid"] > 0.1  # noisy samples: a non-trivial FID

@@ -98,6 +98,14 @@ ORACLE = ("model=gmm_oracle", "data=gmm1d", "num_samples=10")
         ),
         (
             "eval",
+            (*ORACLE, "schedule=edm", "nll.method=vlb"),
+            [
+                "nll.method=vlb needs a discrete schedule (linear, cosine, sigmoid), got "
+                "schedule='edm'; use nll.method=ode"
+            ],
+        ),
+        (
+            "eval",
             (*ORACLE, "metrics.inception_weights=/x.pth", "nll.enabled=false"),
             ["metrics.inception_weights is for FID of images"],
         ),

@@ -3,16 +3,12 @@ reference layouts, DINOv2 from an exported file, and 2 gloo ranks against 1 proc
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from difforge.errors import DifforgeError
@@ -29,6 +25,7 @@ from difforge.metrics.reference_files import (
     frechet_distance,
     load_reference_file,
 )
+from helpers import join_gloo, save_rank_result, single_and_two_gloo_ranks
 
 
 # --------------------------------------------------------------------------- Frechet distance
@@ -253,11 +250,7 @@ def _protocol(rank: int, world: int, out_dir: str, port: int) -> None:
 
     sys.path.insert(0, str(Path(__file__).parent))
     torch.set_num_threads(1)
-    if world > 1:
-        import torch.distributed as dist
-
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     reference = load_reference_file(Path(out_dir) / "ref.npz")
     result = evaluate_protocol(
         tiny_model(),
@@ -270,30 +263,19 @@ def _protocol(rank: int, world: int, out_dir: str, port: int) -> None:
         ranks=Ranks(rank, world),
         progress=False,
     )
-    Path(out_dir, f"world{world}_rank{rank}.json").write_text(json.dumps(result))
-    if world > 1:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    save_rank_result(out_dir, rank, world, result)
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_single_process_numbers(tmp_path):
     reference_batch(tmp_path / "ref.npz")
-    _protocol(0, 1, str(tmp_path), 0)
-    mp.spawn(_protocol, args=(2, str(tmp_path), _free_port()), nprocs=2, join=True)
-    single = json.loads((tmp_path / "world1_rank0.json").read_text())
+    single, ranks = single_and_two_gloo_ranks(_protocol, tmp_path)
     assert single["seeds"] == [0, 1] and single["num_samples"] == 23 and single["nfe"] == 2
     assert {"fid_min", "fid_mean", "inception_score_min", "precision_mean", "recall_min"} <= set(
         single
     )
     assert single["per_seed"][0]["fid"] != single["per_seed"][1]["fid"]  # the seeds differ
-    for rank in (0, 1):
-        ranked = json.loads((tmp_path / f"world2_rank{rank}.json").read_text())
+    for rank, ranked in enumerate(ranks):
         assert ranked["world_size"] == 2
         for run_1, run_2 in zip(single["per_seed"], ranked["per_seed"], strict=True):
             for key, value in run_1.items():
@@ -303,8 +285,9 @@ def test_two_gloo_ranks_give_the_single_process_numbers(tmp_path):
 def test_protocol_on_an_edm_reference_refuses_precision_recall_when_asked(tmp_path):
     features = np.random.default_rng(8).normal(size=(20, 16))
     reference = load_reference_file(write_edm_fid_ref(tmp_path / "e.npz", features))
-    with pytest.raises(DifforgeError, match="needs reference images"):
-        evaluate_protocol(
+
+    def protocol(**options: bool) -> dict:
+        return evaluate_protocol(
             tiny_model(),
             reference,
             Extractors(TinyInception()),
@@ -312,19 +295,13 @@ def test_protocol_on_an_edm_reference_refuses_precision_recall_when_asked(tmp_pa
             batch_size=5,
             seeds=[0],
             device=torch.device("cpu"),
-            precision_recall_enabled=True,
             progress=False,
+            **options,
         )
-    result = evaluate_protocol(
-        tiny_model(),
-        reference,
-        Extractors(TinyInception()),
-        num_samples=10,
-        batch_size=5,
-        seeds=[0],
-        device=torch.device("cpu"),
-        progress=False,
-    )
+
+    with pytest.raises(DifforgeError, match="needs reference images"):
+        protocol(precision_recall_enabled=True)
+    result = protocol()
     assert "precision" not in result and "no reference images" in result["precision_recall"]
     assert result["fid"] > 0 and result["reference_layout"] == "edm"
 

@@ -147,6 +147,20 @@ def assert_same_snapshots(a: dict[int, dict], b: dict[int, dict]) -> None:
                 assert torch.equal(value, b[step]["averages"][key][name]), (step, key, name)
 
 
+def resume_to_the_end(run_dir: Path) -> dict[int, dict]:
+    """Resume the run in ``run_dir`` from its last checkpoint to TOTAL_STEPS; its snapshots."""
+    assert_ok(
+        run_cli(
+            "train",
+            *POSTHOC,
+            f"trainer.max_steps={TOTAL_STEPS}",
+            "ckpt_path=last",
+            f"hydra.run.dir={run_dir}",
+        )
+    )
+    return snapshots_of(run_dir)
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("posthoc_straight")
@@ -216,16 +230,7 @@ def test_script_refuses_a_run_without_snapshots(tmp_path):
 
 def test_snapshots_survive_stop_and_resume(straight_snapshots, tmp_path):
     assert_ok(run_cli("train", *POSTHOC, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"))
-    assert_ok(
-        run_cli(
-            "train",
-            *POSTHOC,
-            f"trainer.max_steps={TOTAL_STEPS}",
-            "ckpt_path=last",
-            f"hydra.run.dir={tmp_path}",
-        )
-    )
-    assert_same_snapshots(snapshots_of(tmp_path), straight_snapshots)
+    assert_same_snapshots(resume_to_the_end(tmp_path), straight_snapshots)
 
 
 @pytest.mark.slow
@@ -252,16 +257,7 @@ def test_snapshots_survive_kill_and_resume(straight_snapshots, tmp_path):
     time.sleep(0.5)
     process.kill()
     process.wait()
-    assert_ok(
-        run_cli(
-            "train",
-            *POSTHOC,
-            f"trainer.max_steps={TOTAL_STEPS}",
-            "ckpt_path=last",
-            f"hydra.run.dir={tmp_path}",
-        )
-    )
-    assert_same_snapshots(snapshots_of(tmp_path), straight_snapshots)
+    assert_same_snapshots(resume_to_the_end(tmp_path), straight_snapshots)
     assert math.isfinite(
         float(reconstruct(list(straight_snapshots.values()), 0.08)["conv_in.weight"].sum())
     )

@@ -1,4 +1,4 @@
-"""What machine a measurement came from, for benchmark reports."""
+"""What machine a measurement came from, for benchmark reports, and the clock barrier timings need."""
 
 from __future__ import annotations
 
@@ -27,3 +27,9 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         **extra,
     }
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the GPU (a no-op on the CPU), so that a clock read covers the work queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from difforge.cli.common import output_dir
-from difforge.cli.sample import OracleSampling, load_model, pick_device, sampling_labels
+from difforge.cli.sample import OracleSampling, generate, load_model, pick_device
 from difforge.diffusion.gaussian_mixture import GaussianMixture
 from difforge.diffusion.likelihood import (
     bits_per_dim,
@@ -21,7 +21,7 @@ from difforge.diffusion.likelihood import (
     vlb_bits_per_dim,
 )
 from difforge.diffusion.samplers import Sampler
-from difforge.diffusion.schedules import DiscreteSchedule
+from difforge.diffusion.schedules import require_discrete
 from difforge.errors import DifforgeError
 from difforge.metrics.mixture import mixture_metrics
 
@@ -41,7 +41,7 @@ def likelihood_metrics(
     if method not in NLL_METHODS:
         raise DifforgeError(f"unknown nll.method {method!r}; allowed: {', '.join(NLL_METHODS)}")
     if method == "auto":
-        method = "vlb" if isinstance(schedule, DiscreteSchedule) else "ode"
+        method = "vlb" if schedule.is_discrete else "ode"
     generator = torch.Generator().manual_seed(cfg.seed)
     num_dims = x[0].numel()
     if method == "vlb" and cfg.nll.ode_steps is not None:
@@ -50,8 +50,7 @@ def likelihood_metrics(
             "(nll.method=vlb or auto with a discrete schedule)"
         )
     if method == "vlb":
-        if not isinstance(schedule, DiscreteSchedule):
-            raise DifforgeError("nll.method=vlb needs a discrete schedule; use nll.method=ode")
+        schedule = require_discrete(schedule, "nll.method=vlb", "use nll.method=ode")
         variance = "learned" if getattr(denoiser, "learned_variance", False) else "large"
         bound = vlb_bits_per_dim(
             denoiser, schedule, x, variance=variance, discretized=is_image, generator=generator
@@ -96,18 +95,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     sampler: Sampler = instantiate(cfg.sampler)
     model, mixture, train_cfg = load_model(cfg, sampler, device)
-    generator = torch.Generator(
-        device="cpu" if isinstance(model, OracleSampling) else device
-    ).manual_seed(cfg.seed)
-    labels = sampling_labels(cfg, model)
-    result = model.generate(
-        cfg.num_samples,
-        generator=generator,
-        batch_size=cfg.batch_size,
-        class_labels=labels,
-        use_ema=cfg.use_ema,
-        progress=True,
-    )
+    result, _ = generate(cfg, model, device)
     metrics: dict[str, float] = {
         "nfe": float(result.nfe),
         "num_samples": float(result.samples.shape[0]),

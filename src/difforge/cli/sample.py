@@ -210,21 +210,15 @@ def load_noise(path: str, num_samples: int, data_shape: tuple[int, ...]) -> torc
     return torch.from_numpy(array.astype(np.float32))
 
 
-def sample(cfg: DictConfig) -> dict[str, Any]:
-    if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
-        raise DifforgeError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
-    device = pick_device(str(cfg.device))
-    sampler: Sampler = instantiate(cfg.sampler)
-    model, mixture, _ = load_model(cfg, sampler, device)
+def generate(
+    cfg: DictConfig, model: Any, device: torch.device, noise: torch.Tensor | None = None
+) -> tuple[SampleResult, torch.Tensor | None]:
+    """``cfg.num_samples`` samples of ``model`` seeded by ``cfg.seed`` (the oracle's generator on
+    the CPU) and their class labels (:func:`sampling_labels`)."""
     generator = torch.Generator(
         device="cpu" if isinstance(model, OracleSampling) else device
     ).manual_seed(cfg.seed)
     labels = sampling_labels(cfg, model)
-    noise = None
-    if cfg.get("noise") is not None:
-        if isinstance(model, OracleSampling):
-            raise DifforgeError("noise= needs a trained model (ckpt_path= or pretrained=)")
-        noise = load_noise(str(cfg.noise), cfg.num_samples, model.data_shape)
     result = model.generate(
         cfg.num_samples,
         generator=generator,
@@ -234,6 +228,21 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         progress=True,
         noise=noise,
     )
+    return result, labels
+
+
+def sample(cfg: DictConfig) -> dict[str, Any]:
+    if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
+        raise DifforgeError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
+    device = pick_device(str(cfg.device))
+    sampler: Sampler = instantiate(cfg.sampler)
+    model, mixture, _ = load_model(cfg, sampler, device)
+    noise = None
+    if cfg.get("noise") is not None:
+        if isinstance(model, OracleSampling):
+            raise DifforgeError("noise= needs a trained model (ckpt_path= or pretrained=)")
+        noise = load_noise(str(cfg.noise), cfg.num_samples, model.data_shape)
+    result, labels = generate(cfg, model, device, noise)
     out = output_dir()
     samples = result.samples
     array = (

@@ -49,6 +49,12 @@ class NoiseLaw:
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
     ) -> Tensor:
+        return self._draw(schedule, batch_size, generator).to(device=device, dtype=torch.float32)
+
+    def _draw(
+        self, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """``(batch_size,)`` sigmas on the CPU, float64 (float32 from the schedule's own law)."""
         raise NotImplementedError
 
     def quantile(self, schedule: NoiseSchedule, sigma: Tensor) -> Tensor:
@@ -64,14 +70,10 @@ class ScheduleLaw(NoiseLaw):
 
     name = "schedule"
 
-    def sample(
-        self,
-        schedule: NoiseSchedule,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        generator: torch.Generator | None = None,
+    def _draw(
+        self, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator | None
     ) -> Tensor:
-        return schedule.sample_training_sigmas(batch_size, device=device, generator=generator)
+        return schedule.sample_training_sigmas(batch_size, generator=generator)
 
     def quantile(self, schedule: NoiseSchedule, sigma: Tensor) -> Tensor:
         return schedule.training_quantile(sigma)
@@ -91,16 +93,11 @@ class DiscreteTLaw(NoiseLaw):
             schedule, "noise_law=discrete_t", "use noise_law=uniform_t, logit_normal or log_normal"
         )
 
-    def sample(
-        self,
-        schedule: NoiseSchedule,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        generator: torch.Generator | None = None,
+    def _draw(
+        self, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator | None
     ) -> Tensor:
         discrete = self._discrete(schedule)
-        index = discrete.sample_training_timesteps(batch_size, generator)
-        return discrete.sigmas[index].to(device=device, dtype=torch.float32)
+        return discrete.sigmas[discrete.sample_training_timesteps(batch_size, generator)]
 
     def quantile(self, schedule: NoiseSchedule, sigma: Tensor) -> Tensor:
         return self._discrete(schedule).training_quantile(sigma)
@@ -120,17 +117,12 @@ class ContinuousLaw(NoiseLaw):
         low, high = self.cdf(bounds)
         return low, high
 
-    def sample(
-        self,
-        schedule: NoiseSchedule,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        generator: torch.Generator | None = None,
+    def _draw(
+        self, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator | None
     ) -> Tensor:
         low, high = self._range(schedule)
         u = low + (high - low) * torch.rand(batch_size, generator=generator, dtype=torch.float64)
-        sigma = self.icdf(u).clamp(schedule.sigma_min, schedule.sigma_max)
-        return sigma.to(device=device, dtype=torch.float32)
+        return self.icdf(u).clamp(schedule.sigma_min, schedule.sigma_max)
 
     def quantile(self, schedule: NoiseSchedule, sigma: Tensor) -> Tensor:
         low, high = self._range(schedule)

@@ -81,6 +81,10 @@ class NoiseSchedule:
         Drawn on the CPU (with ``generator`` if given, a CPU generator) so that a seed fixes them
         whatever the device.
         """
+        return self._training_sigmas(batch_size, generator).to(device=device, dtype=torch.float32)
+
+    def _training_sigmas(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
+        """The schedule's own training law: ``(batch_size,)`` float64 on the CPU."""
         raise NotImplementedError
 
     def noise_labels(self, sigma: Tensor) -> Tensor:
@@ -178,14 +182,8 @@ class DiscreteSchedule(NoiseSchedule):
         """Timestep indices ``t - 1`` uniform on ``{0, ..., T - 1}`` (DDPM algorithm 1), on CPU."""
         return torch.randint(0, self.num_timesteps, (batch_size,), generator=generator)
 
-    def sample_training_sigmas(
-        self,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        index = self.sample_training_timesteps(batch_size, generator)
-        return self.sigmas[index].to(device=device, dtype=torch.float32)
+    def _training_sigmas(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
+        return self.sigmas[self.sample_training_timesteps(batch_size, generator)]
 
     def _log_sigmas(self, device: torch.device) -> Tensor:
         if device not in self._log_sigmas_by_device:
@@ -366,14 +364,9 @@ class EDMSchedule(NoiseSchedule):
         self.P_std = float(P_std)
         self.sigma_data = float(sigma_data)
 
-    def sample_training_sigmas(
-        self,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def _training_sigmas(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
         normal = torch.randn(batch_size, generator=generator, dtype=torch.float64)
-        return (normal * self.P_std + self.P_mean).exp().to(device=device, dtype=torch.float32)
+        return (normal * self.P_std + self.P_mean).exp()
 
     def noise_labels(self, sigma: Tensor) -> Tensor:
         return sigma.to(torch.float32).log() / 4
@@ -434,15 +427,10 @@ class RectifiedFlowSchedule(NoiseSchedule):
         self._sigma_min = self.shift * t_min / (1 - t_min)
         self._sigma_max = self.shift * t_max / (1 - t_max)
 
-    def sample_training_sigmas(
-        self,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
+    def _training_sigmas(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
         u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
         t = self.t_min + u * (self.t_max - self.t_min)
-        return (self.shift * flow_sigma(t)).to(device=device, dtype=torch.float32)
+        return self.shift * flow_sigma(t)
 
     def noise_labels(self, sigma: Tensor) -> Tensor:
         return 1000 * flow_time(sigma.to(torch.float32))

@@ -25,7 +25,7 @@ import torch
 
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
 from difforge.diffusion.samplers import SAMPLERS, Sampler
-from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
+from difforge.diffusion.schedules import NoiseSchedule
 from difforge.lessons import efficiency
 from difforge.lessons.script import config_mixture
 
@@ -80,7 +80,7 @@ def exact_sweeps(
 
     schedule = instantiate(cfg.schedule)
     steps = [int(s) for s in cfg.steps]
-    if isinstance(schedule, DiscreteSchedule):
+    if schedule.is_discrete:
         steps = [s for s in steps if s <= schedule.num_timesteps]
     mixture = config_mixture(cfg, "data", dim=1)
     oracle = GaussianMixtureOracle(mixture)

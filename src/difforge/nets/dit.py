@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from difforge.nets.embeddings import SinusoidalEmbedding, check_class_labels, check_positive_int
+from difforge.nets.embeddings import NoiseConditioned, check_image_input, check_positive_int
 
 FREQUENCY_DIM = 256  # the sinusoidal embedding width of the paper's timestep embedder
 
@@ -100,7 +100,7 @@ class DiTBlock(nn.Module):
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
-class DiT(nn.Module):
+class DiT(NoiseConditioned):
     """Diffusion Transformer (see the module docstring).
 
     Args:
@@ -154,11 +154,9 @@ class DiT(nn.Module):
         self.in_channels = in_channels
         self.image_size = image_size
         self.patch_size = patch_size
-        self.num_classes = num_classes
         self.learned_variance = bool(learned_variance)
         self.out_channels = in_channels * (2 if learned_variance else 1)
         self.checkpointing = bool(checkpointing)
-        self.check_inputs = True
         self.grid_size = image_size // patch_size
 
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
@@ -166,11 +164,7 @@ class DiT(nn.Module):
         self.register_buffer(
             "pos_embed", sincos_2d(hidden_size, self.grid_size)[None], persistent=False
         )
-        self.noise_embed = SinusoidalEmbedding(FREQUENCY_DIM)
-        self.time_mlp = nn.Sequential(
-            nn.Linear(FREQUENCY_DIM, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
-        )
-        self.label_embed = nn.Embedding(num_classes + 1, hidden_size) if num_classes else None
+        self._build_conditioning(FREQUENCY_DIM, hidden_size, num_classes)
         self.blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
         )
@@ -195,25 +189,6 @@ class DiT(nn.Module):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def _condition(
-        self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None, batch: int
-    ) -> torch.Tensor:
-        if noise_labels.ndim == 0:
-            noise_labels = noise_labels.expand(batch)
-        elif noise_labels.shape != (batch,):
-            raise ValueError(
-                f"noise_labels must have shape ({batch},) to match the batch, "
-                f"got {tuple(noise_labels.shape)}"
-            )
-        c = self.time_mlp(self.noise_embed(noise_labels).to(self.time_mlp[0].weight.dtype))
-        if self.label_embed is not None:
-            if class_labels is None:
-                c = c + self.label_embed.weight[self.num_classes]
-            else:
-                check_class_labels(class_labels, batch, self.num_classes, self.check_inputs)
-                c = c + self.label_embed(class_labels)
-        return F.silu(c)
-
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, N, p * p * C) -> (B, C, H, W)``."""
         b, g, p, c = tokens.shape[0], self.grid_size, self.patch_size, self.out_channels
@@ -226,12 +201,8 @@ class DiT(nn.Module):
         noise_labels: torch.Tensor,
         class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
-            raise ValueError(
-                f"DiT was built for {self.in_channels} input channel(s) at "
-                f"{self.image_size}x{self.image_size}, got input of shape {tuple(x.shape)}"
-            )
-        c_act = self._condition(noise_labels, class_labels, x.shape[0])
+        check_image_input("DiT", x, self.in_channels, self.image_size)
+        c_act = self.condition(noise_labels, class_labels, x.shape[0])
         h = self.patch_embed(x).flatten(2).transpose(1, 2)
         # The residual stream keeps the patch embedding's dtype (bf16 under autocast), not the
         # float32 of the label embedding in c_act.

@@ -1,4 +1,4 @@
-"""Shared by the networks: the sinusoidal noise-label embedding, GroupNorm, label checks.
+"""Shared by the networks: the noise/class conditioning, GroupNorm, input checks.
 
 Noise-label embedding
 ---------------------
@@ -94,3 +94,63 @@ def check_positive_int(owner: str, name: str, value: object, minimum: int = 1) -
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{owner} {name} must be an integer >= {minimum}, got {name}={value!r}")
     return int(value)
+
+
+class NoiseConditioned(nn.Module):
+    """Base of the networks: one conditioning vector per sample from its noise and class labels,
+
+        emb = SiLU(Linear(SiLU(Linear(sinusoidal(noise_labels)))) + label_embed[class_labels])
+
+    (DDPM's time embedding, Ho et al. 2020, appendix B; the class embedding added to it as in
+    ADM, Dhariwal & Nichol 2021; DiT's ``c``). The label table has ``num_classes + 1`` rows, the
+    last the null label used for ``class_labels=None`` (classifier-free guidance).
+    """
+
+    num_classes: int
+    check_inputs: bool
+    label_embed: nn.Embedding | None
+
+    def _build_conditioning(self, frequency_dim: int, emb_dim: int, num_classes: int) -> None:
+        """The sinusoidal embedding of width ``frequency_dim``, the MLP to ``emb_dim`` and the
+        label table (none when ``num_classes`` is 0)."""
+        self.num_classes = num_classes
+        self.check_inputs = True  # the eager-mode class-label range check
+        self.noise_embed = SinusoidalEmbedding(frequency_dim)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(frequency_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
+
+    def condition(
+        self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None, batch: int
+    ) -> torch.Tensor:
+        """``noise_labels``: ``()`` or ``(batch,)``; ``class_labels``: ``(batch,)`` integer or
+        None. Returns ``SiLU(emb)``: ``(batch, emb_dim)``.
+
+        Raises:
+            ValueError: labels of another shape, or (eager mode) class labels out of range.
+        """
+        if noise_labels.ndim == 0:
+            noise_labels = noise_labels.expand(batch)
+        elif noise_labels.shape != (batch,):
+            raise ValueError(
+                f"noise_labels must have shape ({batch},) to match the batch, "
+                f"got {tuple(noise_labels.shape)}"
+            )
+        emb = self.time_mlp(self.noise_embed(noise_labels).to(self.time_mlp[0].weight.dtype))
+        if self.label_embed is not None:
+            if class_labels is None:
+                emb = emb + self.label_embed.weight[self.num_classes]
+            else:
+                check_class_labels(class_labels, batch, self.num_classes, self.check_inputs)
+                emb = emb + self.label_embed(class_labels)
+        return F.silu(emb)
+
+
+def check_image_input(owner: str, x: torch.Tensor, channels: int, image_size: int) -> None:
+    """Raise a one-line ValueError unless ``x`` is ``(B, channels, image_size, image_size)``."""
+    if x.ndim != 4 or x.shape[1:] != (channels, image_size, image_size):
+        raise ValueError(
+            f"{owner} was built for {channels} input channel(s) at {image_size}x{image_size}, "
+            f"got input of shape {tuple(x.shape)}"
+        )

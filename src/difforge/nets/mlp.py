@@ -18,11 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difforge.nets.embeddings import (
-    SinusoidalEmbedding,
-    check_class_labels,
-    check_positive_int,
-)
+from difforge.nets.embeddings import NoiseConditioned, check_positive_int
 
 __all__ = ["MLPDenoiser"]
 
@@ -43,7 +39,7 @@ class _ResidualBlock(nn.Module):
         return h + self.fc2(self.dropout(z))
 
 
-class MLPDenoiser(nn.Module):
+class MLPDenoiser(NoiseConditioned):
     """Residual MLP: ``net(x, noise_labels, class_labels=None) -> out`` with ``x: (B, dim)``.
 
     Args:
@@ -80,15 +76,9 @@ class MLPDenoiser(nn.Module):
         self.dim = int(dim)
         self.in_channels = self.dim
         self.out_channels = self.dim * (2 if learned_variance else 1)
-        self.num_classes = int(num_classes)
         self.learned_variance = bool(learned_variance)
-        self.check_inputs = True
 
-        self.noise_embed = SinusoidalEmbedding(embed_dim)
-        self.time_mlp = nn.Sequential(
-            nn.Linear(embed_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)
-        )
-        self.label_embed = nn.Embedding(num_classes + 1, hidden_dim) if num_classes > 0 else None
+        self._build_conditioning(embed_dim, hidden_dim, num_classes)
         self.input = nn.Linear(dim, hidden_dim)
         self.blocks = nn.ModuleList(_ResidualBlock(hidden_dim, dropout) for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(hidden_dim)
@@ -107,22 +97,7 @@ class MLPDenoiser(nn.Module):
                 f"MLPDenoiser was built for inputs of shape (B, {self.dim}), "
                 f"got input of shape {tuple(x.shape)}"
             )
-        batch = x.shape[0]
-        if noise_labels.ndim == 0:
-            noise_labels = noise_labels.expand(batch)
-        elif noise_labels.shape != (batch,):
-            raise ValueError(
-                f"noise_labels must have shape ({batch},) to match the batch, "
-                f"got {tuple(noise_labels.shape)}"
-            )
-        emb = self.time_mlp(self.noise_embed(noise_labels).to(self.time_mlp[0].weight.dtype))
-        if self.label_embed is not None:
-            if class_labels is None:
-                emb = emb + self.label_embed.weight[self.num_classes]
-            else:
-                check_class_labels(class_labels, batch, self.num_classes, self.check_inputs)
-                emb = emb + self.label_embed(class_labels)
-        emb_act = F.silu(emb)
+        emb_act = self.condition(noise_labels, class_labels, x.shape[0])
         h = self.input(x)
         for blk in self.blocks:
             h = blk(h, emb_act)

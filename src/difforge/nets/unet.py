@@ -41,8 +41,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from difforge.nets.embeddings import (
-    SinusoidalEmbedding,
-    check_class_labels,
+    NoiseConditioned,
+    check_image_input,
     check_positive_int,
     group_norm,
 )
@@ -176,7 +176,7 @@ def _as_int_tuple(name: str, values: Sequence[int] | int) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-class UNet(nn.Module):
+class UNet(NoiseConditioned):
     """DDPM/ADM U-Net: ``net(x, noise_labels, class_labels=None) -> out``.
 
     Args:
@@ -288,22 +288,16 @@ class UNet(nn.Module):
 
         self.in_channels = int(in_channels)
         self.image_size = int(image_size)
-        self.num_classes = int(num_classes)
         self.learned_variance = bool(learned_variance)
         self.out_channels = self.in_channels * (2 if learned_variance else 1)
         self.base_channels = int(base_channels)
         self.channel_mult = channel_mult
         self.num_res_blocks = int(num_res_blocks)
         self.attn_resolutions = attn_resolutions
-        self.check_inputs = True
         self.checkpointing = bool(checkpointing)
 
         emb_ch = 4 * base_channels
-        self.noise_embed = SinusoidalEmbedding(base_channels)
-        self.time_mlp = nn.Sequential(
-            nn.Linear(base_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)
-        )
-        self.label_embed = nn.Embedding(num_classes + 1, emb_ch) if num_classes > 0 else None
+        self._build_conditioning(base_channels, emb_ch, num_classes)
 
         def block(cin: int, cout: int, res: int) -> _Level:
             attn = AttentionBlock(cout, heads_for(cout)) if res in attn_resolutions else None
@@ -350,36 +344,14 @@ class UNet(nn.Module):
         # Non-reentrant: works under torch.compile and with inputs that need no gradient.
         return torch.utils.checkpoint.checkpoint(layer, h, emb_act, use_reentrant=False)
 
-    def _embed(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None, batch: int):
-        if noise_labels.ndim == 0:
-            noise_labels = noise_labels.expand(batch)
-        elif noise_labels.shape != (batch,):
-            raise ValueError(
-                f"noise_labels must have shape ({batch},) to match the batch, "
-                f"got {tuple(noise_labels.shape)}"
-            )
-        emb = self.noise_embed(noise_labels).to(self.time_mlp[0].weight.dtype)
-        emb = self.time_mlp(emb)
-        if self.label_embed is not None:
-            if class_labels is None:
-                emb = emb + self.label_embed.weight[self.num_classes]
-            else:
-                check_class_labels(class_labels, batch, self.num_classes, self.check_inputs)
-                emb = emb + self.label_embed(class_labels)
-        return F.silu(emb)
-
     def forward(
         self,
         x: torch.Tensor,
         noise_labels: torch.Tensor,
         class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
-            raise ValueError(
-                f"UNet was built for {self.in_channels} input channel(s) at "
-                f"{self.image_size}x{self.image_size}, got input of shape {tuple(x.shape)}"
-            )
-        emb_act = self._embed(noise_labels, class_labels, x.shape[0])
+        check_image_input("UNet", x, self.in_channels, self.image_size)
+        emb_act = self.condition(noise_labels, class_labels, x.shape[0])
 
         block = self._checkpointed if self.checkpointing and self.training else _call
         h = self.conv_in(x)

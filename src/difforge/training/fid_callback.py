@@ -22,6 +22,7 @@ toys) disable the callback with a warning.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -201,28 +202,22 @@ class FIDCallback(Callback):
         if self.classifier is not None:
             self.classifier.to(device)
         if self.reference is None:
+            stats = functools.partial(
+                reference_stats,
+                datamodule,
+                self.feature,
+                self.reference_split,
+                self.num_reference,
+                cache_dir=self.cache_dir,
+                batch_size=self.batch_size,
+                device=device,
+            )
+            # Rank 0 computes and caches the statistics; the others read its cache.
             if trainer.is_global_zero:
-                self.reference = reference_stats(
-                    datamodule,
-                    self.feature,
-                    self.reference_split,
-                    self.num_reference,
-                    cache_dir=self.cache_dir,
-                    batch_size=self.batch_size,
-                    device=device,
-                )
+                self.reference = stats()
             trainer.strategy.barrier("fid_reference")
             if not trainer.is_global_zero:
-                self.reference = reference_stats(
-                    datamodule,
-                    self.feature,
-                    self.reference_split,
-                    self.num_reference,
-                    cache_dir=self.cache_dir,
-                    batch_size=self.batch_size,
-                    device=device,
-                    write=False,
-                )
+                self.reference = stats(write=False)
             assert self.reference is not None  # one of the two branches ran
             num_features = self.reference.num_features
             self.metrics = FeatureMetrics(num_features, self.kid_subset_size, self.kid_subsets)

@@ -9,6 +9,12 @@ import torch
 from torch import Tensor
 
 StepCallback = Callable[[dict[str, Any]], None]
+# The denoiser at one scalar noise level, ``D(x, sigma)`` (``denoise`` with its labels bound).
+DenoiseAt = Callable[[Tensor, float], Tensor]
+# One step's update ``(x, x0, sigma, sigma_next, D) -> x_next``: from ``x`` at ``sigma``, with its
+# denoised ``x0``, towards ``sigma_next``; ``D(x, sigma)`` calls the denoiser again where the step
+# needs more than one evaluation.
+StepUpdate = Callable[[Tensor, Tensor, float, float, DenoiseAt], Tensor]
 
 
 class DenoiserFn(Protocol):

@@ -17,40 +17,20 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
-from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, noise_like, report
-from difforge.diffusion.samplers.euler_ancestral import ancestral_step, check_ancestral_options
+from difforge.diffusion.samplers.common import DenoiseAt
+from difforge.diffusion.samplers.euler_ancestral import ancestral_sampler
 
 
-@torch.no_grad()
-def sample_dpmpp_2s_ancestral(
-    denoiser: DenoiserFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
-    class_labels: Tensor | None = None,
-) -> Tensor:
-    """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
-    check_ancestral_options(eta=eta, s_noise=s_noise)
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        x0 = denoise(denoiser, x, sigma, class_labels)
-        report(callback, i, x, sigma, x0)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        if sigma_down == 0:
-            x = x0
-        else:
-            h = math.log(sigma / sigma_down)
-            sigma_mid = math.sqrt(sigma * sigma_down)
-            u = (sigma_mid / sigma) * x - math.expm1(-h / 2) * x0
-            x0_mid = denoise(denoiser, u, sigma_mid, class_labels)
-            x = (sigma_down / sigma) * x - math.expm1(-h) * x0_mid
-        if sigma_up > 0:
-            x = x + s_noise * sigma_up * noise_like(x, generator)
-    return x
+def dpmpp_2s_step(x: Tensor, x0: Tensor, sigma: float, sigma_down: float, D: DenoiseAt) -> Tensor:
+    """DPM-Solver++(2S) from ``sigma`` to ``sigma_down`` (one NFE at the midpoint), x0 at 0."""
+    if sigma_down == 0:
+        return x0
+    h = math.log(sigma / sigma_down)
+    sigma_mid = math.sqrt(sigma * sigma_down)
+    u = (sigma_mid / sigma) * x - math.expm1(-h / 2) * x0
+    return (sigma_down / sigma) * x - math.expm1(-h) * D(u, sigma_mid)
+
+
+sample_dpmpp_2s_ancestral = ancestral_sampler(dpmpp_2s_step, "sample_dpmpp_2s_ancestral")

@@ -13,11 +13,20 @@ deterministic ODE solver.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, noise_like, report
+from difforge.diffusion.samplers.common import (
+    DenoiseAt,
+    DenoiserFn,
+    StepCallback,
+    StepUpdate,
+    denoise,
+    noise_like,
+    report,
+)
 
 
 def churn(
@@ -49,27 +58,46 @@ def check_churn(
         )
 
 
-@torch.no_grad()
-def sample_euler(
-    denoiser: DenoiserFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = float("inf"),
-    S_noise: float = 1.0,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
-    class_labels: Tensor | None = None,
-) -> Tensor:
-    """x: ``sigmas[0] * N(0, I)``; sigmas: decreasing, ending in 0. One NFE per step."""
-    check_churn(S_churn, S_tmin, S_tmax, S_noise)
-    num_steps = len(sigmas) - 1
-    for i in range(num_steps):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        x, sigma_hat = churn(x, sigma, num_steps, S_churn, S_tmin, S_tmax, S_noise, generator)
-        x0 = denoise(denoiser, x, sigma_hat, class_labels)
-        report(callback, i, x, sigma_hat, x0)
-        x = x + (sigma_next - sigma_hat) * (x - x0) / sigma_hat
-    return x
+def churn_sampler(update: StepUpdate, name: str) -> Callable[..., Tensor]:
+    """EDM algorithm 2's loop as a sampler: churn to sigma_hat, one NFE there, then ``update``
+    from sigma_hat to sigma_{i+1} (Euler here, Heun in ``heun.py``)."""
+
+    @torch.no_grad()
+    def sample(
+        denoiser: DenoiserFn,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
+        S_churn: float = 0.0,
+        S_tmin: float = 0.0,
+        S_tmax: float = float("inf"),
+        S_noise: float = 1.0,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        class_labels: Tensor | None = None,
+    ) -> Tensor:
+        """x: ``sigmas[0] * N(0, I)``; sigmas: decreasing, ending in 0."""
+        check_churn(S_churn, S_tmin, S_tmax, S_noise)
+
+        def D(x: Tensor, sigma: float) -> Tensor:
+            return denoise(denoiser, x, sigma, class_labels)
+
+        num_steps = len(sigmas) - 1
+        for i in range(num_steps):
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            x, sigma_hat = churn(x, sigma, num_steps, S_churn, S_tmin, S_tmax, S_noise, generator)
+            x0 = D(x, sigma_hat)
+            report(callback, i, x, sigma_hat, x0)
+            x = update(x, x0, sigma_hat, sigma_next, D)
+        return x
+
+    sample.__name__ = sample.__qualname__ = name
+    return sample
+
+
+def euler_step(x: Tensor, x0: Tensor, sigma: float, sigma_next: float, D: DenoiseAt) -> Tensor:
+    """Euler on ``dx / dsigma = (x - x0) / sigma`` from ``sigma`` to ``sigma_next``; no NFE."""
+    return x + (sigma_next - sigma) * (x - x0) / sigma
+
+
+sample_euler = churn_sampler(euler_step, "sample_euler")

@@ -16,11 +16,20 @@ step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, noise_like, report
+from difforge.diffusion.samplers.common import (
+    DenoiserFn,
+    StepCallback,
+    StepUpdate,
+    denoise,
+    noise_like,
+    report,
+)
+from difforge.diffusion.samplers.euler import euler_step
 from difforge.diffusion.samplers.multistep import check_noise
 
 
@@ -36,26 +45,40 @@ def check_ancestral_options(*, eta: float = 1.0, s_noise: float = 1.0) -> None:
     check_noise(eta, s_noise, max_eta=1.0)
 
 
-@torch.no_grad()
-def sample_euler_ancestral(
-    denoiser: DenoiserFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
-    class_labels: Tensor | None = None,
-) -> Tensor:
-    """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
-    check_ancestral_options(eta=eta, s_noise=s_noise)
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        x0 = denoise(denoiser, x, sigma, class_labels)
-        report(callback, i, x, sigma, x0)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = x + (sigma_down - sigma) * (x - x0) / sigma
-        if sigma_up > 0:
-            x = x + s_noise * sigma_up * noise_like(x, generator)
-    return x
+def ancestral_sampler(update: StepUpdate, name: str) -> Callable[..., Tensor]:
+    """The ancestral loop as a sampler: one NFE at sigma_i, ``update`` down to sigma_down, then
+    fresh noise ``s_noise sigma_up z`` back up to sigma_{i+1}."""
+
+    @torch.no_grad()
+    def sample(
+        denoiser: DenoiserFn,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
+        eta: float = 1.0,
+        s_noise: float = 1.0,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        class_labels: Tensor | None = None,
+    ) -> Tensor:
+        """x: at ``sigmas[0]`` in the VE frame; sigmas: decreasing, ending at 0 or sigma_min > 0."""
+        check_ancestral_options(eta=eta, s_noise=s_noise)
+
+        def D(x: Tensor, sigma: float) -> Tensor:
+            return denoise(denoiser, x, sigma, class_labels)
+
+        for i in range(len(sigmas) - 1):
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            x0 = D(x, sigma)
+            report(callback, i, x, sigma, x0)
+            sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+            x = update(x, x0, sigma, sigma_down, D)
+            if sigma_up > 0:
+                x = x + s_noise * sigma_up * noise_like(x, generator)
+        return x
+
+    sample.__name__ = sample.__qualname__ = name
+    return sample
+
+
+sample_euler_ancestral = ancestral_sampler(euler_step, "sample_euler_ancestral")
