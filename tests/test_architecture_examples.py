@@ -16,6 +16,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import re
 import runpy
@@ -34,9 +35,14 @@ from omegaconf import OmegaConf
 import difforge.diffusion.samplers.registry as registry
 from difforge.data.options import DataConfigError
 from difforge.diffusion.losses import DenoisingLoss
-from difforge.diffusion.parameterization import EpsParameterization, X0Parameterization
+from difforge.diffusion.parameterization import (
+    Denoiser,
+    EpsParameterization,
+    X0Parameterization,
+)
 from difforge.diffusion.samplers import SAMPLERS, Sampler
-from difforge.diffusion.schedules import EDMSchedule
+from difforge.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule
+from difforge.lessons import plots
 from difforge.training.build import build_module
 from helpers import (
     QUICK_TRAIN,
@@ -48,10 +54,12 @@ from helpers import (
 DOC = ROOT / "docs" / "architecture.md"
 SECTION = "## Adding a variant"
 REGISTRATION = "add to src/difforge/diffusion/samplers/registry.py"
+LINE_STYLE = "add to SAMPLER_STYLES in src/difforge/lessons/plots.py"
 # The files the section shows, one unit and one config per variant.
 EXPECTED = {
     "src/difforge/diffusion/samplers/rk2.py",
     REGISTRATION,
+    LINE_STYLE,
     "configs/sampler/rk2.yaml",
     "src/difforge/diffusion/p2_loss.py",
     "configs/loss/p2.yaml",
@@ -140,7 +148,7 @@ def examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Examples:
     assert set(blocks) == EXPECTED
     modules = {}
     for title, body in blocks.items():
-        if title == REGISTRATION:
+        if title.startswith("add to "):
             continue
         path = tmp_path / title
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +158,8 @@ def examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Examples:
             modules[name] = load_unit(path, name, monkeypatch)
     specs = register(blocks[REGISTRATION], monkeypatch)
     assert [spec.name for spec in specs] == ["rk2"]
+    for name, style in ast.literal_eval("{" + blocks[LINE_STYLE] + "}").items():
+        monkeypatch.setitem(plots.SAMPLER_STYLES, name, style)
     return Examples(tmp_path / "configs", modules)
 
 
@@ -222,6 +232,26 @@ def test_sampler_config_samples_the_mixture(examples, gmm1d, oracle1d):
     assert_reproduces_mixture(result.samples, gmm1d, mixture_w1_floor(gmm1d, n))
 
 
+@pytest.mark.parametrize(
+    "schedule", [LinearSchedule(), CosineSchedule(), EDMSchedule()], ids=lambda s: s.name
+)
+def test_sampler_defaults_reach_the_mixture_at_100_nfe(examples, schedule, gmm1d, oracle1d):
+    """What tests/test_samplers.py asks of every registered sampler's defaults (its grid per kind
+    of schedule): the mixture within the statistical floor of 20000 draws at 100 NFE."""
+    sampler = Sampler("rk2", 1)
+    sampler = sampler.replace(steps=sampler.steps_for_nfe(100, schedule))
+    generator = torch.Generator().manual_seed(0)
+    result = sampler(oracle1d, schedule, (20_000, 1), dtype=torch.float64, generator=generator)
+    assert result.nfe <= 100
+    assert_reproduces_mixture(result.samples, gmm1d, mixture_w1_floor(gmm1d, 20_000))
+
+
+def test_sampler_has_its_own_line_style(examples):
+    """What tests/test_lessons.py asks of every registered sampler."""
+    assert set(plots.SAMPLER_STYLES) == set(SAMPLERS)
+    assert len(set(plots.SAMPLER_STYLES.values())) == len(SAMPLERS)
+
+
 def test_sampler_options_are_its_signature_and_checked(examples):
     cfg = OmegaConf.to_container(OmegaConf.load(examples.config_dir / "sampler" / "rk2.yaml"))
     del cfg["_target_"]
@@ -291,10 +321,11 @@ def test_loss_is_finite_on_every_schedule_and_parameterization(examples):
                 f"parameterization={parameterization}",
                 "loss=p2",
             )
-            module = build_module(cfg, (1,))
+            net = instantiate(cfg.model, learned_variance=False)
+            denoiser = Denoiser(net, instantiate(cfg.schedule), instantiate(cfg.parameterization))
             x0 = torch.randn(8, 1)
-            sigma = module.schedule.sample_training_sigmas(8)
-            loss = module.loss_fn(module.denoiser, x0, sigma, torch.randn_like(x0))
+            sigma = denoiser.schedule.sample_training_sigmas(8)
+            loss = instantiate(cfg.loss)(denoiser, x0, sigma, torch.randn_like(x0))
             assert torch.isfinite(loss).all(), (schedule, parameterization)
 
 
@@ -339,6 +370,8 @@ def test_dataset_config_draws_the_checkerboard(examples):
     datamodule.setup("fit")
     assert (datamodule.data_shape, datamodule.num_classes, datamodule.kind) == ((2,), 0, "vector")
     assert datamodule.config_name == "checkerboard"
+    for key in ("_target_", "batch_size", "num_workers", "pin_memory", "seed", "num_classes"):
+        assert key in cfg.data  # as tests/test_data.py asks of every data config
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == (64, 2) and x.dtype == torch.float32 and (y == 0).all()
     train = datamodule.reference_samples("train")
@@ -367,8 +400,9 @@ def test_dataset_config_draws_the_checkerboard(examples):
 # ------------------------------------------------------------------------------ all four, trained
 def test_all_four_train_through_the_entry_point(examples, tmp_path, monkeypatch):
     """The section's last command, ``python src/train.py`` with the four new choices, run in this
-    process (so the registration applies) for 6 steps: it writes a checkpoint whose saved config
-    names the new units, and a finite validation loss."""
+    process (so the registration applies) for 6 steps: it writes a finite validation loss, the
+    end-of-training sample figure (drawn with the module's sampler) and a checkpoint whose saved
+    config names the new units."""
     overrides = documented_overrides(
         "data=checkerboard", "model=concat_mlp", "loss=p2", "sampler=rk2"
     )
@@ -387,7 +421,16 @@ def test_all_four_train_through_the_entry_point(examples, tmp_path, monkeypatch)
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
     monkeypatch.chdir(ROOT)
-    runpy.run_path(str(ROOT / "src" / "train.py"), run_name="__main__")
+    # Hydra sets up the run's logging (a log file in the run directory): restored afterwards.
+    root = logging.getLogger()
+    before = list(root.handlers)
+    monkeypatch.setattr(root, "handlers", list(before))
+    monkeypatch.setattr(root, "level", root.level)
+    try:
+        runpy.run_path(str(ROOT / "src" / "train.py"), run_name="__main__")
+    finally:
+        for handler in set(root.handlers) - set(before):
+            handler.close()
     summary = json.loads((run_dir / "final_metrics.json").read_text())
     assert summary["global_step"] == 6 and math.isfinite(summary["metrics"]["val/loss"])
     assert {k: summary["choices"][k] for k in ("data", "model", "loss", "sampler")} == {
@@ -396,6 +439,7 @@ def test_all_four_train_through_the_entry_point(examples, tmp_path, monkeypatch)
         "loss": "p2",
         "sampler": "rk2",
     }
+    assert (run_dir / "samples" / "step_0000006.png").is_file()  # drawn with the module's rk2
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["difforge"]
     assert saved["config"]["loss"]["_target_"] == "difforge.diffusion.p2_loss.P2Loss"
     assert saved["config"]["sampler"]["algorithm"] == "rk2"
