@@ -220,3 +220,42 @@ def test_the_module_node_is_the_object_tree():
     for group, part in built.items():
         assert type(part) is get_class(cfg[group]._target_), group
     assert module.sampler.algorithm == cfg.sampler.algorithm and module.lr == 3e-4
+
+
+# Data configs of every shape the presets are for: 8x8x1, 32x32x1, 32x32x3, 64x64x3, 2-D vectors.
+SHAPED_DATA = ("digits", "mnist", "cifar10", "image_folder", "gmm2d")
+# Models that are not networks: the exact denoiser of a mixture, built from the data's law.
+EXACT_MODELS = {"gmm_oracle"}
+
+
+@pytest.mark.parametrize("model", [m for m in options("model") if m not in EXACT_MODELS])
+def test_every_model_config_builds_its_network_for_some_data(model):
+    """A model config is checked without being listed anywhere: its network builds for at least
+    one data config (on the meta device: shapes only, no memory, so DiT-XL costs nothing), and
+    for each data config it does not fit, it says why in a ValueError."""
+    from hydra.errors import InstantiationException
+
+    from difforge.training.build import check_model_config_fits_data, resolve_learned_variance
+    from difforge.training.module import check_network_fits_data
+
+    fits = []
+    for data in SHAPED_DATA:
+        cfg = compose_train(f"data={data}", f"model={model}")
+        resolve_learned_variance(cfg)
+        shape = (
+            (cfg.data.dim,)
+            if "dim" in cfg.data
+            else tuple(cfg.data[key] for key in ("channels", "image_size", "image_size"))
+        )
+        try:
+            check_model_config_fits_data(cfg.model, shape)
+            with torch.device("meta"):
+                net = instantiate(cfg.model)
+            check_network_fits_data(net, shape)
+        except InstantiationException as error:
+            assert isinstance(error.__cause__, ValueError), error
+            continue
+        except ValueError:
+            continue
+        fits.append(data)
+    assert fits, f"model={model} builds for none of {SHAPED_DATA}"

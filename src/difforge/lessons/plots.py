@@ -32,6 +32,22 @@ SAMPLER_STYLES = {
     "unipc": ("tab:olive", "*", "-"),
     "deis": ("tab:cyan", "h", "-"),
 }
+# Dotted lines are kept for samplers not in the table: none of its styles is dotted.
+UNLISTED_MARKERS = "os<>p8"
+
+
+def sampler_style(algorithm: str) -> tuple[str, str, str]:
+    """(colour, marker, line style) of a sampler's line in the NFE figures: its entry in
+    ``SAMPLER_STYLES``, else a dotted line whose colour and marker follow the sampler's place among
+    the registered samplers the table does not list, so that a new sampler needs no entry and no
+    two registered samplers share a style."""
+    if algorithm in SAMPLER_STYLES:
+        return SAMPLER_STYLES[algorithm]
+    from difforge.diffusion.samplers import SAMPLERS
+
+    unlisted = [name for name in SAMPLERS if name not in SAMPLER_STYLES]
+    k = unlisted.index(algorithm) if algorithm in unlisted else len(unlisted)
+    return f"C{k % 10}", UNLISTED_MARKERS[k // 10 % len(UNLISTED_MARKERS)], ":"
 
 
 def _pyplot() -> Any:
@@ -335,7 +351,7 @@ def _plain_log_ticks(axis: Any, values: Sequence[float]) -> None:
 def plot_nfe_sweep(
     panels: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = ""
 ) -> Path:
-    """Error against NFE (log-log), one line per sampler (``SAMPLER_STYLES``), one panel per
+    """Error against NFE (log-log), one line per sampler (``sampler_style``), one panel per
     experiment; ``nfe_sweep_size(len(panels))``.
 
     ``panels[title]`` holds ``records`` (dicts with ``algorithm``, ``nfe``, ``error``),
@@ -349,8 +365,8 @@ def plot_nfe_sweep(
     for ax, (panel_title, panel) in zip(axes[0], panels.items(), strict=True):
         records = panel["records"]
         algorithms = list(dict.fromkeys(r["algorithm"] for r in records))
-        for k, algorithm in enumerate(algorithms):
-            colour, marker, style = SAMPLER_STYLES.get(algorithm, (f"C{k}", "o", ":"))
+        for algorithm in algorithms:
+            colour, marker, style = sampler_style(algorithm)
             points = sorted(
                 (r["nfe"], r["error"])
                 for r in records
