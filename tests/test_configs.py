@@ -196,12 +196,12 @@ def test_the_module_node_is_the_object_tree():
 
     from hydra.utils import get_class
 
-    from difforge.training.config import MODULE_PARTS
+    from difforge.training.config import BUILDER_ARGUMENTS, MODULE_PARTS
     from difforge.training.module import DiffusionModule
 
     node = OmegaConf.to_container(OmegaConf.load(CONFIGS / "module" / "diffusion.yaml"))
     arguments = set(inspect.signature(DiffusionModule.__init__).parameters) - {"self"}
-    assert set(node) - {"_target_"} == arguments - {"data_shape", "run_config"}
+    assert set(node) - {"_target_"} == arguments - set(BUILDER_ARGUMENTS)
     assert {argument: node[argument] for argument in MODULE_PARTS} == {
         argument: f"${{{group}}}" for argument, group in MODULE_PARTS.items()
     }
@@ -259,3 +259,25 @@ def test_every_model_config_builds_its_network_for_some_data(model):
             continue
         fits.append(data)
     assert fits, f"model={model} builds for none of {SHAPED_DATA}"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.num_classes=5"], r"model.num_classes=5 but the data have 10 classes"),
+        (["model.num_classes=20"], r"model.num_classes=20 but the data have 10 classes"),
+        (["data=swiss_roll", "model=mlp", "model.num_classes=3"], r"data are unlabelled"),
+        (["model.num_classes=${data.num_classes}"], None),
+        (["data=gmm2d", "model=mlp", "model.num_classes=${data.num_classes}"], None),
+        ([], None),
+    ],
+)
+def test_a_conditional_network_has_one_label_per_class_of_the_data(overrides, message):
+    from difforge.training.build import check_classes_fit_data
+
+    cfg = compose_train(*overrides)
+    if message is None:
+        check_classes_fit_data(cfg)
+    else:
+        with pytest.raises(ValueError, match=message):
+            check_classes_fit_data(cfg)

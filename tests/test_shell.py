@@ -95,6 +95,19 @@ def imported_lightning(result: subprocess.CompletedProcess) -> bool:
             [*ORACLE, "+schedule.num_timestep=10", "schedule=cosine"],
             ["CosineSchedule has no option 'num_timestep'; did you mean schedule.num_timesteps?"],
         ),
+        (
+            "train",
+            ["module.net=mlp"],
+            ["error: module.net is the model group (module.net: ${model}); set model=mlp instead"],
+        ),
+        (
+            "train",
+            ["module.sampler.steps=10"],
+            ["module.sampler.steps: module.sampler is the sampler group", "set sampler.steps=10"],
+        ),
+        ("train", ["module.ema=0.9"], ["module.ema: no such key; did you mean module.ema_decay?"]),
+        ("train", ["module.Lr=1"], ["module.Lr: no such key; did you mean module.lr?"]),
+        ("sample", [*ORACLE, "module.lr=3"], ["module.lr: this command's config has no module"]),
     ],
 )
 def test_typo_is_one_line_with_the_closest_valid_name(entry, overrides, fragments):
@@ -123,6 +136,15 @@ def test_add_hint_only_where_a_new_key_can_apply(capsys, entry, overrides, add_h
     message = capsys.readouterr().err
     assert "did you mean" in message
     assert ("to add a new key: +" in message) == add_hint, message
+
+
+def test_the_arguments_the_builder_supplies_are_not_module_options(capsys):
+    """``data_shape`` and ``run_config`` come from the data and the run, not from the config."""
+    with pytest.raises(SystemExit):
+        check_overrides(str(ROOT / "configs"), "train", ["+module.data_shape=[1,8,8]"])
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: module.data_shape: DiffusionModule has no option")
+    assert "run_config" not in message and "lr, max_nonfinite_skips" in message
 
 
 def test_added_key_is_checked_against_the_object_it_configures():

@@ -72,8 +72,17 @@ def command_line_overrides(argv: Sequence[str]) -> list[str] | None:
 
 
 def closest(name: str, candidates: Sequence[str]) -> str | None:
-    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    """The candidate ``name`` most likely meant: the same but for case (``Lr`` -> ``lr``), else the
+    closest spelling, else a key of which it is a word (``ema`` -> ``ema_decay``)."""
+    pool = sorted(set(candidates))
+    folded = [c for c in pool if c.lower() == name.lower()]
+    if folded:
+        return folded[0]
+    matches = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    if matches:
+        return matches[0]
+    words = [c for c in pool if len(name) > 1 and name.lower() in c.lower().split("_")]
+    return words[0] if words else None
 
 
 def did_you_mean(name: str, candidates: Sequence[str]) -> str:
@@ -97,6 +106,8 @@ def key_error(key: str, add_hint: str, config: DictConfig, groups: Sequence[str]
             node = node[part]
             continue
         keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
+        if depth == 0 and part in groups:
+            return f"{key}: this command's config has no {part} (it is a group of another command)"
         candidates = keys + (list(groups) if depth == 0 else [])
         match = closest(part, candidates)
         prefix = ".".join(parts[:depth])
@@ -116,17 +127,24 @@ def key_error(key: str, add_hint: str, config: DictConfig, groups: Sequence[str]
 def object_options(node: DictConfig) -> tuple[str, list[str]] | None:
     """The name of the class ``node`` builds (its ``_target_``) and the keyword options it takes,
     or None when it takes any (``**kwargs``) or cannot be imported. A ``Sampler`` takes its own
-    options and its algorithm's (``eta`` for ddim)."""
+    options and its algorithm's (``eta`` for ddim); the LightningModule's options leave out the
+    arguments its builder supplies."""
     import inspect
 
     from hydra.utils import get_object
+
+    from difforge.training.config import BUILDER_ARGUMENTS
 
     try:
         target = get_object(str(node._target_))
         parameters = list(inspect.signature(target).parameters.values())
     except (ImportError, ValueError, TypeError):
         return None
-    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names = [
+        p.name
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in BUILDER_ARGUMENTS
+    ]
     label = getattr(target, "__name__", str(node._target_))
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         from difforge.diffusion.samplers import Sampler
@@ -205,6 +223,26 @@ def explain(error: BaseException, overrides: list[str], config_name: str) -> str
     return key_error(key, add_hint, config, loader.list_groups("")) or one_line(error)
 
 
+def module_part_error(key: str, value: str | None) -> str | None:
+    """None unless ``key`` writes into one of the module's parts (``module.net``,
+    ``module.sampler.steps``): those are references to config groups, set in the group itself
+    (``model=...``, ``sampler.steps=...``). ``value`` None: the key is deleted."""
+    from difforge.training.config import MODULE_PARTS
+
+    parts = key.split(".")
+    if len(parts) < 2 or parts[0] != "module" or parts[1] not in MODULE_PARTS:
+        return None
+    group = MODULE_PARTS[parts[1]]
+    part = f"module.{parts[1]}"
+    where = "" if len(parts) == 2 else f"{key}: "
+    instead = (
+        "the module cannot do without it"
+        if value is None
+        else f"set {'.'.join([group, *parts[2:]])}={value} instead"
+    )
+    return f"{where}{part} is the {group} group ({part}: ${{{group}}}); {instead}"
+
+
 def check_overrides(config_dir: str, config_name: str, argv: Sequence[str]) -> None:
     """Compose ``config_name`` with the overrides in ``argv`` as Hydra will; on a bad override
     print ``error: <one line>`` and exit 1. Sweeps (``-m a=1,2``) are left to Hydra.
@@ -223,6 +261,11 @@ def check_overrides(config_dir: str, config_name: str, argv: Sequence[str]) -> N
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
         fail(one_line(error))
+    for override in parsed:
+        value = None if override.is_delete() else str(override.input_line).split("=", 1)[-1]
+        message = module_part_error(override.key_or_group, value)
+        if message is not None:
+            fail(message)
     single_overrides = [o for o in parsed if not o.is_sweep_override() and o.input_line]
     single = [str(o.input_line) for o in single_overrides]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):

@@ -18,7 +18,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.errors import DifforgeError
-from difforge.training.build import build_module, resolve_learned_variance, resolve_precision
+from difforge.training.build import (
+    build_module,
+    check_classes_fit_data,
+    resolve_learned_variance,
+    resolve_precision,
+)
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.config import MODEL_GROUPS, plain_config
 from difforge.training.fid_callback import BestCheckpoint
@@ -242,6 +247,7 @@ def train(cfg: DictConfig) -> float | None:
         "overrides": list(HydraConfig.get().overrides.task),
         "choices": {group: choices[group] for group in MODEL_GROUPS if choices.get(group)},
     }
+    check_classes_fit_data(cfg)
     module = build_module(cfg, tuple(datamodule.data_shape), run)  # type: ignore[attr-defined]
     callbacks = instantiate_list(cfg.get("callbacks"))
     check_inception_weights(cfg, datamodule, callbacks)

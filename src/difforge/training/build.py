@@ -38,6 +38,26 @@ def check_model_config_fits_data(model_cfg: DictConfig, data_shape: tuple[int, .
         )
 
 
+def check_classes_fit_data(cfg: DictConfig) -> None:
+    """A class-conditional network has one label per class of the data (and the null label): a
+    ``model.num_classes`` other than the data's ``data.num_classes`` is refused at the start of a
+    run, not at the first out-of-range label. Data that infer their classes (``null``) are checked
+    by the network's label check."""
+    model_classes = cfg.model.get("num_classes") or 0
+    data_classes = cfg.data.get("num_classes")
+    if not model_classes or data_classes is None or model_classes == data_classes:
+        return
+    if data_classes == 0:
+        raise ValueError(
+            f"model.num_classes={model_classes} but the data are unlabelled (data.num_classes=0); "
+            "use model.num_classes=0"
+        )
+    raise ValueError(
+        f"model.num_classes={model_classes} but the data have {data_classes} classes "
+        "(data.num_classes); use model.num_classes=${data.num_classes}"
+    )
+
+
 def check_one_sigma_data(cfg: DictConfig) -> None:
     """EDM's sigma_data is one number: the schedule, parameterization and loss must agree."""
     values = {

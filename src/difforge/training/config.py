@@ -21,6 +21,8 @@ MODULE_PARTS = {
     "noise_law": "noise_law",
     "sampler": "sampler",
 }
+# The module's arguments that the builder supplies (``training.build.build_module``): not settings.
+BUILDER_ARGUMENTS = ("data_shape", "run_config")
 # The config groups that define a trained model: their choices are saved in every checkpoint
 # (``choices``), for sample.py and eval.py to name.
 MODEL_GROUPS = ("data", "model", "schedule", "parameterization", "loss", "noise_law")
