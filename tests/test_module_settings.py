@@ -5,7 +5,6 @@ value, and through the CLI a one-line ``error:`` (README, "Reliability")."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 from omegaconf import OmegaConf
@@ -18,21 +17,20 @@ from difforge.diffusion.schedules import CosineSchedule
 from difforge.nets.mlp import MLPDenoiser
 from difforge.training.build import build_module
 from difforge.training.module import DiffusionModule
-from helpers import QUICK_TRAIN, ROOT, assert_clean_error, run_cli
-from test_configs import compose_train
-
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+from helpers import QUICK_TRAIN, assert_clean_error, run_cli
+from test_configs import compose_train  # also sets PROJECT_ROOT for the configs
 
 
-def build(num_classes: int = 0, data_shape: tuple[int, ...] = (1,), **settings) -> DiffusionModule:
-    net = MLPDenoiser(dim=data_shape[0], hidden_dim=8, num_layers=1, num_classes=num_classes)
+def build(num_classes: int = 0, **settings) -> DiffusionModule:
+    """A module of 1-d data with a tiny MLP."""
+    net = MLPDenoiser(dim=1, hidden_dim=8, num_layers=1, num_classes=num_classes)
     return DiffusionModule(
         net,
         CosineSchedule(10),
         EpsParameterization(),
         DenoisingLoss(),
         Sampler("ddim", 2),
-        data_shape,
+        (1,),
         **settings,
     )
 

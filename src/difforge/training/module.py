@@ -7,7 +7,6 @@ The math lives in ``difforge.diffusion``; this class only wires it to Lightning.
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -21,12 +20,7 @@ from difforge.diffusion.noise_laws import NoiseLaw, ScheduleLaw
 from difforge.diffusion.parameterization import ClippedDenoiser, Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
-from difforge.nets.embeddings import (
-    check_flag,
-    check_int,
-    check_optional_flag,
-    check_real,
-)
+from difforge.nets.embeddings import check_flag, check_int, check_optional_flag, check_real
 from difforge.training.ema import EMA
 from difforge.training.nonfinite import NonfiniteRecorder, NonfiniteStep, gradients_nonfinite
 
@@ -74,15 +68,14 @@ def check_network_fits_data(net: Any, data_shape: tuple[int, ...]) -> None:
 
 def check_betas(betas: object) -> tuple[float, float]:
     """AdamW's ``(beta1, beta2)``: any sequence of two numbers in [0, 1) (Hydra gives a ListConfig)."""
-    if (
-        isinstance(betas, Sequence)
-        and not isinstance(betas, str)
-        and len(betas) == 2
-        and all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in betas)
-        and all(0 <= b < 1 for b in betas)
-    ):
-        return float(betas[0]), float(betas[1])
-    raise ValueError(f"module.betas must be two numbers in [0, 1), got {betas!r}")
+    message = f"module.betas must be two numbers in [0, 1), got {betas!r}"
+    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
+        raise ValueError(message)
+    try:
+        beta1, beta2 = (check_real("module.betas", b, 0.0, 1.0, high_open=True) for b in betas)
+    except ValueError:
+        raise ValueError(message) from None
+    return beta1, beta2
 
 
 # Ho & Salimans 2022 train with p_uncond in {0.1, 0.2}.
