@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from difforge.cli.common import output_dir, print_config
 from difforge.data.mixtures import known_mixture
 from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
+from difforge.diffusion.guidance import check_guidance_scale
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import EDMSchedule
 from difforge.errors import DifforgeError
@@ -142,15 +143,18 @@ def load_model(
         )
     from difforge.training.build import module_from_checkpoint
 
+    guidance_scale = cfg.get("guidance_scale")
+    if guidance_scale is not None:
+        guidance_scale = check_guidance_scale(guidance_scale)
     module, train_cfg = module_from_checkpoint(cfg.ckpt_path)
     module.sampler = sampler
-    if cfg.get("guidance_scale") is not None:
+    if guidance_scale is not None:
         if module.num_classes == 0:
             raise DifforgeError(
                 f"guidance_scale={cfg.guidance_scale} needs a class-conditional model; "
                 f"{cfg.ckpt_path} is unconditional (model.num_classes=0)"
             )
-        module.guidance_scale = float(cfg.guidance_scale)
+        module.guidance_scale = guidance_scale
     module.to(device)
     print_config(cfg, train_cfg.get("choices"))  # checkpoints from before 2026-11-30 have none
     return module, known_mixture(train_cfg.data), train_cfg
@@ -178,7 +182,7 @@ def load_pretrained(cfg: DictConfig, sampler: Sampler, device: torch.device) -> 
         raise DifforgeError(
             "give either ckpt_path= (a difforge checkpoint) or pretrained= (a diffusers folder), not both"
         )
-    if cfg.get("guidance_scale") is not None and float(cfg.guidance_scale) != 1.0:
+    if cfg.get("guidance_scale") is not None and check_guidance_scale(cfg.guidance_scale) != 1.0:
         raise DifforgeError(
             f"guidance_scale={cfg.guidance_scale}: a diffusers UNet2DModel has no null class label for guidance"
         )

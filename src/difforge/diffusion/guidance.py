@@ -17,23 +17,38 @@ import torch
 from torch import Tensor, nn
 
 from difforge.diffusion.parameterization import DenoiserWrapper, NetworkOutput
+from difforge.nets.embeddings import check_real
 
 
-def check_guidance(num_classes: int, guidance_scale: float) -> None:
-    """Raises ValueError if ``guidance_scale != 1`` on an unconditional model (``num_classes = 0``)."""
-    if num_classes == 0 and guidance_scale != 1.0:
+def check_guidance_scale(guidance_scale: object, key: str = "guidance_scale") -> float:
+    """``guidance_scale`` as a float ``w >= 0``, else a ValueError naming ``key``.
+
+    ``D_w`` follows the score ``w grad log p(x|c) + (1 - w) grad log p(x)``: 0 <= w < 1
+    interpolates between the unconditional and the conditional model, w > 1 is guidance (Ho &
+    Salimans 2022 eq. 6, whose w is this w - 1; diffusers' ``guidance_scale`` is this w, Imagen's,
+    Saharia et al. 2022 eq. 2). w < 0 would extrapolate beyond the unconditional model, away from
+    the class: no guidance either paper defines.
+    """
+    return check_real(key, guidance_scale, 0.0, meaning="0: unconditional, 1: no guidance")
+
+
+def check_guidance(num_classes: int, guidance_scale: object, key: str = "guidance_scale") -> float:
+    """``guidance_scale`` as a float; raises ValueError (naming ``key``) if it is not a number
+    ``>= 0`` or if it is not 1 on an unconditional model (``num_classes = 0``)."""
+    scale = check_guidance_scale(guidance_scale, key)
+    if num_classes == 0 and scale != 1.0:
         raise ValueError(
-            f"guidance_scale={guidance_scale} needs a class-conditional model; this model is unconditional "
-            "(set guidance_scale=1.0, or train with model.num_classes=<the data's number of classes>: "
+            f"{key}={guidance_scale} needs a class-conditional model; this model is unconditional "
+            f"(set {key}=1.0, or train with model.num_classes=<the data's number of classes>: "
             "README, 'Class-conditional models and classifier-free guidance')"
         )
+    return scale
 
 
 class ClassifierFreeGuidance(DenoiserWrapper):
     def __init__(self, denoiser: nn.Module, guidance_scale: float) -> None:
         super().__init__(denoiser)
-        check_guidance(self.num_classes, guidance_scale)
-        self.guidance_scale = float(guidance_scale)
+        self.guidance_scale = check_guidance(self.num_classes, guidance_scale)
 
     @property
     def evals_per_call(self) -> int:

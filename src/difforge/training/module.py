@@ -7,7 +7,7 @@ The math lives in ``difforge.diffusion``; this class only wires it to Lightning.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import lightning as L
@@ -20,6 +20,7 @@ from difforge.diffusion.noise_laws import NoiseLaw, ScheduleLaw
 from difforge.diffusion.parameterization import ClippedDenoiser, Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
+from difforge.nets.embeddings import check_flag, check_int, check_optional_flag, check_real
 from difforge.training.ema import EMA
 from difforge.training.nonfinite import NonfiniteRecorder, NonfiniteStep, gradients_nonfinite
 
@@ -65,24 +66,35 @@ def check_network_fits_data(net: Any, data_shape: tuple[int, ...]) -> None:
             raise ValueError(f"the data have dimension {data_shape[0]} but model.dim={dim}")
 
 
+def check_betas(betas: object) -> tuple[float, float]:
+    """AdamW's ``(beta1, beta2)``: any sequence of two numbers in [0, 1) (Hydra gives a ListConfig)."""
+    message = f"module.betas must be two numbers in [0, 1), got {betas!r}"
+    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
+        raise ValueError(message)
+    try:
+        beta1, beta2 = (check_real("module.betas", b, 0.0, 1.0, high_open=True) for b in betas)
+    except ValueError:
+        raise ValueError(message) from None
+    return beta1, beta2
+
+
 # Ho & Salimans 2022 train with p_uncond in {0.1, 0.2}.
 DEFAULT_CLASS_DROPOUT = 0.1
 
 
-def class_dropout_for(class_dropout: float | None, num_classes: int) -> float:
+def class_dropout_for(class_dropout: object, num_classes: int) -> float:
     """The label dropout: None -> 0.1 for a class-conditional network, 0 for an unconditional one,
     for which a value cannot apply and is refused."""
     if class_dropout is None:
         return DEFAULT_CLASS_DROPOUT if num_classes else 0.0
+    dropout = check_real("module.class_dropout", class_dropout, 0.0, 1.0, high_open=True)
     if num_classes == 0:
         raise ValueError(
             f"module.class_dropout={class_dropout} needs a class-conditional model "
             "(model.num_classes=<the data's number of classes>); "
             "leave it null for an unconditional one"
         )
-    if not 0 <= class_dropout < 1:
-        raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
-    return float(class_dropout)
+    return dropout
 
 
 class DiffusionModule(L.LightningModule):
@@ -116,8 +128,9 @@ class DiffusionModule(L.LightningModule):
             in its checkpoints so that sample.py, eval.py and a resumed run can rebuild it.
 
     Raises:
-        ValueError: a setting out of range, or a network that does not fit ``data_shape``, the
-            loss or the options (each named with its value).
+        ValueError: a setting of the wrong type (a bool setting must be a bool, or None where
+            None is described above) or out of range, or a network that does not fit
+            ``data_shape``, the loss or the options; each names the key (``module.lr``) and value.
     """
 
     def __init__(
@@ -144,10 +157,20 @@ class DiffusionModule(L.LightningModule):
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        lr = check_real("module.lr", lr, 0.0, low_open=True)
+        betas = check_betas(betas)
+        weight_decay = check_real("module.weight_decay", weight_decay, 0.0)
+        warmup_steps = check_int("module.warmup_steps", warmup_steps)
+        ema_decay = check_real("module.ema_decay", ema_decay, 0.0, 1.0, high_open=True)
+        ema_warmup = check_flag("module.ema_warmup", ema_warmup)
+        compile = check_flag("module.compile", compile)
+        channels_last = check_optional_flag(
+            "module.channels_last", channels_last, "on for the U-Net on a CUDA GPU"
+        )
+        max_nonfinite_skips = check_int("module.max_nonfinite_skips", max_nonfinite_skips)
+        clip_denoised = check_optional_flag(
+            "module.clip_denoised", clip_denoised, "on for images, off for vectors"
+        )
         check_network_fits_data(net, tuple(data_shape))
         if channels_last and len(data_shape) != 3:
             raise ValueError(
@@ -161,9 +184,7 @@ class DiffusionModule(L.LightningModule):
                 f"learned variance, but model.learned_variance={net_has_variance} (use loss=hybrid with learned variance)"
             )
         self.data_shape = tuple(int(d) for d in data_shape)
-        self.clip_denoised = (
-            len(self.data_shape) == 3 if clip_denoised is None else bool(clip_denoised)
-        )
+        self.clip_denoised = len(self.data_shape) == 3 if clip_denoised is None else clip_denoised
         self._channels_last_option = channels_last
         self.channels_last = bool(channels_last) and len(self.data_shape) == 3
         if self.channels_last:
@@ -177,13 +198,14 @@ class DiffusionModule(L.LightningModule):
         self.loss_fn = loss
         self.sampler = sampler
         self.lr = lr
-        self.betas = tuple(betas)
+        self.betas = betas
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
         self.num_classes = int(getattr(net, "num_classes", 0))
         self.class_dropout = class_dropout_for(class_dropout, self.num_classes)
-        self.guidance_scale = guidance_scale
-        check_guidance(self.num_classes, guidance_scale)
+        self.guidance_scale = check_guidance(
+            self.num_classes, guidance_scale, "module.guidance_scale"
+        )
         self.val_loss = MeanMetric()
         # Per noise quartile: sum of finite per-sample losses and their count, this epoch (on
         # the device; one index_add_ each per step, read once per epoch).
@@ -193,8 +215,6 @@ class DiffusionModule(L.LightningModule):
         )
         if compile:
             self.ema_denoiser.compile()
-        if max_nonfinite_skips < 0:
-            raise ValueError(f"max_nonfinite_skips must be >= 0, got {max_nonfinite_skips}")
         self.max_nonfinite_skips = max_nonfinite_skips
         self.nonfinite_skips = 0
         self._nonfinite = NonfiniteRecorder(max_nonfinite_skips + 1)
@@ -435,7 +455,7 @@ class DiffusionModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             self.denoiser.parameters(),
             lr=self.lr,
-            betas=(self.betas[0], self.betas[1]),
+            betas=self.betas,
             weight_decay=self.weight_decay,
             fused=fused or None,
             foreach=None if fused else True,
