@@ -142,7 +142,7 @@ def test_reference_samples_subset(digits):
         ({"image_size": 0}, "data.image_size must be an integer >= 1"),
         ({"batch_size": 0}, "data.batch_size must be an integer >= 1"),
         ({"repeat": 0}, "data.repeat must be an integer >= 1"),
-        ({"val_fraction": 1.5}, r"data.val_fraction must be a number in \[0, 1\)"),
+        ({"val_fraction": 1.5}, r"data.val_fraction must be in \[0, 1\), got 1.5"),
     ],
 )
 def test_digits_errors(kwargs, message):

@@ -254,17 +254,17 @@ def test_embedding_is_float32_in_half_precision_models():
         (dict(image_size=30), ["image_size=30", "multiple of 8", "24 or 32"]),
         (dict(attn_resolutions=(16, 5)), ["(5,)", "(32, 16, 8, 4)"]),
         (dict(attn_resolutions=(64,)), ["(64,)", "reachable resolutions"]),
-        (dict(image_size=0), ["image_size=0"]),
-        (dict(in_channels=0), ["in_channels=0"]),
-        (dict(base_channels=-8), ["base_channels=-8"]),
-        (dict(num_res_blocks=0), ["num_res_blocks=0"]),
+        (dict(image_size=0), ["image_size must be an integer >= 1, got 0"]),
+        (dict(in_channels=0), ["in_channels must be an integer >= 1, got 0"]),
+        (dict(base_channels=-8), ["base_channels must be an integer >= 1, got -8"]),
+        (dict(num_res_blocks=0), ["num_res_blocks must be an integer >= 1, got 0"]),
         (dict(channel_mult=()), ["channel_mult"]),
         (dict(channel_mult=(1, 0)), ["channel_mult", "(1, 0)"]),
         (dict(num_heads=3), ["num_heads=3", "width 64"]),
         (dict(head_channels=24), ["head_channels=24"]),
         (dict(dropout=1.5), ["dropout=1.5"]),
-        (dict(num_classes=-1), ["num_classes=-1"]),
-        (dict(num_res_blocks=None), ["num_res_blocks=None"]),
+        (dict(num_classes=-1), ["num_classes must be an integer >= 0, got -1"]),
+        (dict(num_res_blocks=None), ["num_res_blocks must be an integer >= 1, got None"]),
         (dict(channel_mult=(1, 2.5)), ["channel_mult", "2.5"]),
     ],
 )
@@ -302,11 +302,11 @@ def test_unet_forward_errors():
 
 
 def test_mlp_errors():
-    with pytest.raises(ValueError, match="dim=0"):
+    with pytest.raises(ValueError, match="dim must be an integer >= 1, got 0"):
         MLPDenoiser(0)
-    with pytest.raises(ValueError, match="num_layers=0"):
+    with pytest.raises(ValueError, match="num_layers must be an integer >= 1, got 0"):
         MLPDenoiser(2, num_layers=0)
-    with pytest.raises(ValueError, match="embed_dim=1"):
+    with pytest.raises(ValueError, match="embed_dim must be an integer >= 2, got 1"):
         MLPDenoiser(2, embed_dim=1)
     net = MLPDenoiser(2, hidden_dim=16, num_layers=1, num_classes=2)
     with pytest.raises(ValueError, match=r"built for inputs of shape \(B, 2\), got .*\(3, 3\)"):

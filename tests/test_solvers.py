@@ -215,7 +215,7 @@ def test_sde_solvers_at_eta_0_are_the_ode_solvers(oracle1d):
         (check_unipc_options, {"solver_type": "bh3"}, r"solver_type must be one of bh1, bh2"),
         (check_unipc_options, {"corrector": "yes"}, r"sampler.corrector must be true or false"),
         (check_deis_options, {"order": 2.5}, r"in 1..3, got 2.5"),
-        (check_dpmpp_multistep_options, {"solver_type": "rk"}, r"one of midpoint, heun; got 'rk'"),
+        (check_dpmpp_multistep_options, {"solver_type": "rk"}, r"one of midpoint, heun, got 'rk'"),
         (check_dpmpp_multistep_options, {"eta": -0.1}, r"sampler.eta must satisfy 0 <= eta, got"),
         (check_dpmpp_multistep_options, {"s_noise": -1.0}, r"sampler.s_noise must be >= 0"),
         (check_ancestral_options, {"eta": 1.5}, r"0 <= eta <= 1, got 1.5"),

@@ -1,4 +1,4 @@
-"""The data errors and the checks of data options: numpy only (no torch, no Lightning), so that
+"""The data errors and the checks of data options: the standard library only (no torch, no Lightning), so that
 what needs a data option without the data (the exact model's mixture, :mod:`difforge.data.mixtures`)
 loads fast."""
 
@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
+from difforge import checks
 from difforge.errors import DataError
 
 
@@ -32,15 +31,11 @@ class ImageReadError(DataError, OSError):
 # ----------------------------------------------------------------------------------- validation
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as an int ``>= minimum``, else a :class:`DataConfigError` naming ``data.name``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise DataConfigError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return checks.check_int(f"data.{name}", value, minimum, DataConfigError)
 
 
 def check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise DataConfigError(f"data.{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return checks.check_real(f"data.{name}", value, 0, 1, high_open=True, error=DataConfigError)
 
 
 def check_fractions(val_fraction: Any, test_fraction: Any) -> tuple[float, float]:
@@ -57,9 +52,7 @@ def check_fractions(val_fraction: Any, test_fraction: Any) -> tuple[float, float
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
-    if value not in choices:
-        raise DataConfigError(f"data.{name} must be one of {list(choices)}, got {value!r}")
-    return value
+    return checks.check_choice(f"data.{name}", value, choices, DataConfigError)
 
 
 def check_num_classes(value: Any, native: int, dataset: str) -> int:

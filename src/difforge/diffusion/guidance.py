@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from difforge.checks import check_real
 from difforge.diffusion.parameterization import DenoiserWrapper, NetworkOutput
-from difforge.nets.embeddings import check_real
 
 
 def check_guidance_scale(guidance_scale: object, key: str = "guidance_scale") -> float:

@@ -26,11 +26,12 @@ dtype of the layer that consumes it.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from difforge.checks import check_int
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -89,61 +90,9 @@ def check_class_labels(labels: torch.Tensor, batch: int, num_classes: int, check
             )
 
 
-# Checks of scalar settings. Each returns the value as a plain Python type or raises a one-line
-# ValueError "<key> must be <what is allowed>, got <value>", ``key`` as the user writes it
-# (``module.lr``). A bool is not a number here: Python counts True as 1, a config never means it.
-def check_int(key: str, value: object, minimum: int = 0) -> int:
-    """``value`` as an int ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def check_positive_int(owner: str, name: str, value: object, minimum: int = 1) -> int:
     """:func:`check_int` for the constructor argument ``name`` of the network ``owner``."""
     return check_int(f"{owner} {name}", value, minimum)
-
-
-def check_real(
-    key: str,
-    value: object,
-    low: float,
-    high: float = math.inf,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    meaning: str = "",
-) -> float:
-    """``value`` as a finite float in the interval from ``low`` to ``high`` (each end closed
-    unless ``*_open``); ``meaning`` (e.g. "0: off") follows the range in the message."""
-    if high < math.inf:
-        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    else:
-        allowed = f"{'>' if low_open else '>='} {low:g}"
-    if meaning:
-        allowed += f" ({meaning})"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{key} must be a number {allowed}, got {value!r}")
-    number = float(value)
-    above = number > low if low_open else number >= low
-    below = number < high if high_open else number <= high
-    if not (math.isfinite(number) and above and below):
-        raise ValueError(f"{key} must be {allowed}, got {value!r}")
-    return number
-
-
-def check_flag(key: str, value: object) -> bool:
-    """``value`` if it is a bool (not 0/1, not a string such as "yes")."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false, got {value!r}")
-    return value
-
-
-def check_optional_flag(key: str, value: object, null_means: str) -> bool | None:
-    """``value`` if it is a bool or None; ``null_means`` says what None chooses."""
-    if value is not None and not isinstance(value, bool):
-        raise ValueError(f"{key} must be true, false or null ({null_means}), got {value!r}")
-    return value
 
 
 class NoiseConditioned(nn.Module):

@@ -15,12 +15,12 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from difforge.checks import check_flag, check_int, check_optional_flag, check_real
 from difforge.diffusion.guidance import ClassifierFreeGuidance, check_guidance
 from difforge.diffusion.noise_laws import NoiseLaw, ScheduleLaw
 from difforge.diffusion.parameterization import ClippedDenoiser, Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import DiscreteSchedule, NoiseSchedule
-from difforge.nets.embeddings import check_flag, check_int, check_optional_flag, check_real
 from difforge.training.ema import EMA
 from difforge.training.nonfinite import NonfiniteRecorder, NonfiniteStep, gradients_nonfinite
 

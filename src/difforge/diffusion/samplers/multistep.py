@@ -12,6 +12,8 @@ docs/benchmarks.md, section 3). ``lower_order_final=False`` gives their order ab
 
 from __future__ import annotations
 
+from difforge import checks
+
 
 def multistep_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
     """Order of step ``i`` (0-based) of ``steps``: ``order`` after warm-up, lower at the end."""
@@ -25,13 +27,11 @@ def check_order(order: int, max_order: int) -> None:
 
 
 def check_flag(name: str, value: bool) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"sampler.{name} must be true or false, got {value!r}")
+    checks.check_flag(f"sampler.{name}", value)
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"sampler.{name} must be one of {', '.join(allowed)}; got {value!r}")
+    checks.check_choice(f"sampler.{name}", value, allowed)
 
 
 def check_noise(eta: float, s_noise: float, max_eta: float = float("inf")) -> None:
