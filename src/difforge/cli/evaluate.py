@@ -21,6 +21,7 @@ from difforge.diffusion.likelihood import (
     ode_log_likelihood,
     vlb_bits_per_dim,
 )
+from difforge.diffusion.parameterization import ClippedDenoiser
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import require_discrete
 from difforge.errors import DifforgeError
@@ -55,10 +56,19 @@ class CountedDenoiser:
 
 
 def likelihood_metrics(
-    denoiser: Any, schedule: Any, x: torch.Tensor, cfg: DictConfig, is_image: bool
+    denoiser: Any,
+    schedule: Any,
+    x: torch.Tensor,
+    cfg: DictConfig,
+    is_image: bool,
+    clip_denoised: bool = False,
 ) -> dict[str, float]:
     """NLL in bits/dim of real test points: the VLB for discrete schedules, else the ODE. Says
-    first what it computes and how to make it cheaper, then shows its progress."""
+    first what it computes and how to make it cheaper, then shows its progress.
+
+    ``clip_denoised``: the VLB is that of the model as it samples, x0 clamped to [-1, 1], as Ho
+    et al.'s and improved-diffusion's bpd loops evaluate it (``clip_denoised=True``); without it
+    an eps error at t = T (cosine: abar_T = 2.4e-9) is multiplied by 1/sqrt(abar_T) = 2e4."""
     from rich.progress import Progress
 
     method = cfg.nll.method
@@ -75,6 +85,8 @@ def likelihood_metrics(
         )
     if method == "vlb":
         schedule = require_discrete(schedule, "nll.method=vlb", "use nll.method=ode")
+        if clip_denoised:
+            denoiser = ClippedDenoiser(denoiser)
         evaluations = schedule.num_timesteps
         what = f"the VLB ({evaluations} terms, one network evaluation each)"
     else:
@@ -185,6 +197,7 @@ def evaluate_trained(
                 x,
                 cfg,
                 is_image,
+                clip_denoised=module.clip_denoised,
             )
         )
     if is_image:
