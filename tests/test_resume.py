@@ -4,6 +4,7 @@ that never stopped (deterministic mode on CPU)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,10 +65,15 @@ def resume_to_the_end(run_dir: Path, straight_run: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory) -> dict:
+def straight_run_dir(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("straight")
     train(run_dir, TOTAL_STEPS)
-    return final_state(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def straight_run(straight_run_dir) -> dict:
+    return final_state(straight_run_dir)
 
 
 def test_deterministic_runs_are_bitwise_identical(straight_run, tmp_path):
@@ -201,3 +207,76 @@ def test_last_without_a_run_dir_resumes_only_a_run_with_the_same_choices(tmp_pat
 def test_a_sweep_job_resumes_only_its_own_directory(tmp_path):
     result = run_cli("train", "-m", *GMM_QUICK, "ckpt_path=last", f"hydra.sweep.dir={tmp_path}")
     assert_clean_error(result, "a sweep job resumes only its own directory")
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    """What a run keeps of its training: checkpoints, run.json, final_metrics.json, byte for byte."""
+    files = [*(run_dir / "checkpoints").glob("*.ckpt"), run_dir / "run.json"]
+    files.append(run_dir / "final_metrics.json")
+    return {str(f.relative_to(run_dir)): f.read_bytes() for f in files}
+
+
+@pytest.fixture
+def finished_copy(straight_run_dir, tmp_path) -> Path:
+    """A copy of the finished straight run (at ``TOTAL_STEPS``), for one test to resume."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight_run_dir, run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "override,difference",
+    [
+        # The trial's case: rc 0, then best.ckpt rewritten with a LinearSchedule around the
+        # cosine-trained weights and run.json saying schedule: linear.
+        (
+            "schedule=linear",
+            "noise schedule differs from this run's (schedule: 'cosine' in the checkpoint, 'linear' now)",
+        ),
+        ("parameterization=v", "parameterization: 'eps' in the checkpoint, 'v' now"),
+        ("data.num_classes=0", "data.num_classes: 10 in the checkpoint, 0 now"),
+        ("data.image_size=16", "data.image_size: 8 in the checkpoint, 16 now"),
+        ("schedule.num_timesteps=500", "schedule.num_timesteps: 1000 in the checkpoint, 500 now"),
+    ],
+)
+def test_resuming_another_model_is_refused_before_anything_is_written(
+    finished_copy, override, difference
+):
+    before = run_files(finished_copy)
+    result = run_cli(
+        "train", *training_overrides(finished_copy, TOTAL_STEPS + 4, "ckpt_path=last", override)
+    )
+    assert_clean_error(result, difference, "of data only batch_size, num_workers")
+    assert run_files(finished_copy) == before
+
+
+def test_loss_and_loading_may_change_on_resume(finished_copy):
+    """Fine-tuning with another loss weighting (EDM2-like) and another batch size is allowed;
+    the change of loss is announced."""
+    result = run_cli(
+        "train",
+        *training_overrides(
+            finished_copy, TOTAL_STEPS + 2, "ckpt_path=last", "loss=min_snr", "data.batch_size=64"
+        ),
+    )
+    assert_ok(result)
+    assert "resuming with another loss (loss: 'simple' in the checkpoint, 'min_snr' now)" in (
+        result.stdout + result.stderr
+    )
+    checkpoint = last_checkpoint(finished_copy)
+    assert checkpoint["global_step"] == TOTAL_STEPS + 2
+    assert checkpoint["difforge"]["config"]["loss"]["_target_"].endswith("MinSNRLoss")
+
+
+def test_a_finished_run_says_nothing_is_left_and_writes_nothing(finished_copy):
+    """Before: Lightning trained 0 steps, then the end of the run validated and rewrote best.ckpt,
+    last.ckpt and final_metrics.json."""
+    before = run_files(finished_copy)
+    result = run_cli("train", *training_overrides(finished_copy, TOTAL_STEPS, "ckpt_path=last"))
+    assert_ok(result)
+    output = result.stdout + result.stderr
+    assert (
+        f"is at step {TOTAL_STEPS}, trainer.max_steps={TOTAL_STEPS}; raise trainer.max_steps"
+        in output
+    )
+    assert run_files(finished_copy) == before

@@ -107,7 +107,76 @@ def first_difference(a: Any, b: Any, prefix: str) -> str | None:
     return None if a == b else f"{prefix}: {a!r} in the checkpoint, {b!r} now"
 
 
-def resumed_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
+# What the trained weights mean: a resumed run keeps these groups as the checkpoint saved them
+# (config group -> its name in a refusal). Loss and noise law may change (fine-tuning with another
+# weighting of the noise levels, as EDM2 does), and so may the module's own settings (lr, EMA...).
+RESUME_FIXED_GROUPS = {
+    "data": "data",
+    "model": "network",
+    "schedule": "noise schedule",
+    "parameterization": "parameterization",
+}
+RESUME_FREE_GROUPS = ("loss", "noise_law")
+# Data settings a resumed run may change: how the same data are loaded, not which data they are.
+RESUMABLE_DATA_KEYS = (
+    "batch_size",
+    "num_workers",
+    "pin_memory",
+    "persistent_workers",
+    "in_memory",
+    "download",
+    "root",
+    "repeat",
+)
+
+
+def group_difference(
+    group: str, saved: Any, now: Any, saved_choice: Any, choice: Any
+) -> str | None:
+    """How a group of this run differs from the checkpoint's: its choice (``schedule: 'cosine' in
+    the checkpoint, 'linear' now``) or else its first differing key; None if the same."""
+    if group == "data":
+        saved, now = (
+            {k: v for k, v in (part or {}).items() if k not in RESUMABLE_DATA_KEYS}
+            for part in (saved, now)
+        )
+    difference = first_difference(saved, now, group)
+    if difference and saved_choice is not None and choice is not None and saved_choice != choice:
+        return f"{group}: {saved_choice!r} in the checkpoint, {choice!r} now"
+    return difference
+
+
+def check_same_model(
+    saved_config: dict[str, Any], effective: DictConfig, choices: Any, ckpt_path: str
+) -> None:
+    """Refuse a resumed run whose network, schedule, parameterization or data (beyond
+    ``RESUMABLE_DATA_KEYS``) differ from the checkpoint's, before anything is written; announce
+    a change of loss or noise law."""
+    saved_choices = saved_config.get("choices") or {}
+    for group in (*RESUME_FIXED_GROUPS, *RESUME_FREE_GROUPS):
+        if group not in saved_config:  # a checkpoint older than the group: nothing to compare
+            continue
+        node = effective.get(group)
+        now = None if node is None else OmegaConf.to_container(node, resolve=True)
+        difference = group_difference(
+            group, saved_config[group], now, saved_choices.get(group), choices.get(group)
+        )
+        if difference is None:
+            continue
+        if group in RESUME_FREE_GROUPS:
+            log.info(
+                "resuming with another %s (%s): fine-tuning the trained weights", group, difference
+            )
+            continue
+        raise DifforgeError(
+            f"ckpt_path={ckpt_path}: the checkpoint's {RESUME_FIXED_GROUPS[group]} differs from "
+            f"this run's ({difference}); a resumed run keeps its data, network, schedule and "
+            f"parameterization (of data only {', '.join(RESUMABLE_DATA_KEYS)} may change): "
+            "train another model in a new run directory"
+        )
+
+
+def resumed_config(cfg: DictConfig, ckpt_path: str, checkpoint: dict[str, Any]) -> DictConfig:
     """The config of a resumed run: the checkpoint's run overrides with this command's on top.
 
     Recomposed with Hydra, so group choices (``experiment=gmm1d``) carry over too; Hydra's runtime
@@ -115,7 +184,7 @@ def resumed_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     """
     from hydra import compose
 
-    saved_config = load_checkpoint(ckpt_path)["difforge"]["config"]
+    saved_config = checkpoint["difforge"]["config"]
     saved = saved_config.get("overrides")
     hydra_cfg = HydraConfig.get()
     if saved is None:
@@ -141,13 +210,7 @@ def resumed_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
             "resuming with the run's overrides and this command's on top: %s", " ".join(merged)
         )
     resolve_learned_variance(effective)  # as the checkpoint's saved model config has it
-    difference = first_difference(
-        saved_config.get("model"), OmegaConf.to_container(effective.model, resolve=True), "model"
-    )
-    if difference:
-        raise DifforgeError(
-            f"ckpt_path={cfg.ckpt_path}: the checkpoint's network differs from this run's ({difference})"
-        )
+    check_same_model(saved_config, effective, hydra_cfg.runtime.choices, str(cfg.ckpt_path))
     if hydra_cfg.output_subdir is not None:
         record = output_dir() / str(hydra_cfg.output_subdir)
         record.mkdir(parents=True, exist_ok=True)
@@ -234,10 +297,17 @@ def check_trainer_config(trainer_cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> float | None:
     ckpt_path = resolve_ckpt_path(cfg)
+    checkpoint = None
     if ckpt_path is not None:
-        cfg = resumed_config(cfg, ckpt_path)
+        checkpoint = load_checkpoint(ckpt_path)
+        cfg = resumed_config(cfg, ckpt_path, checkpoint)
     print_config(cfg)
     check_trainer_config(cfg.trainer)
+    finished = checkpoint is not None and nothing_left_to_train(
+        cfg, ckpt_path, checkpoint["global_step"]
+    )
+    if finished and not cfg.get("test", False):
+        return stored_optimized_value(cfg, Path(str(ckpt_path)))
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     if not cfg.data.get("download", False):
@@ -274,6 +344,9 @@ def train(cfg: DictConfig) -> float | None:
     hparams["num_parameters"] = sum(p.numel() for p in module.denoiser.parameters())
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
+    if finished:  # test=true on a finished run: its weights, no training, no checkpoint written
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        return stored_optimized_value(cfg, Path(str(ckpt_path)))
     if trainer.global_rank == 0:
         write_run_file(cfg)
     if ckpt_path:
@@ -294,6 +367,35 @@ def train(cfg: DictConfig) -> float | None:
     write_final_metrics(trainer, cfg)
     log.info("run directory: %s", output_dir())
     return value
+
+
+def nothing_left_to_train(cfg: DictConfig, ckpt_path: str | None, step: int) -> bool:
+    """A resumed run whose checkpoint already reached ``trainer.max_steps`` says so in one line
+    and stops before anything is written (Lightning would restore, train nothing, and the end of
+    the run would validate and rewrite the checkpoints)."""
+    max_steps = cfg.trainer.get("max_steps")
+    if not cfg.get("train", True) or max_steps is None or max_steps < 0 or step < max_steps:
+        return False
+    log.info(
+        "nothing left to train: %s is at step %d, trainer.max_steps=%d; raise trainer.max_steps "
+        "to train on (%s)",
+        ckpt_path,
+        step,
+        max_steps,
+        "testing it; no checkpoint is written" if cfg.get("test", False) else "nothing was written",
+    )
+    return True
+
+
+def stored_optimized_value(cfg: DictConfig, ckpt_path: Path) -> float | None:
+    """The value of ``optimized_metric`` that the checkpoint's run recorded at its end
+    (``final_metrics.json`` beside ``checkpoints/``), for a sweeper re-running a finished job."""
+    name = cfg.get("optimized_metric")
+    summary = ckpt_path.parent.parent / "final_metrics.json"
+    if name is None or not summary.is_file():
+        return None
+    value = json.loads(summary.read_text()).get("metrics", {}).get(name)
+    return None if value is None else float(value)
 
 
 def optimized_value(
