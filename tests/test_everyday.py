@@ -125,6 +125,49 @@ def test_options_that_cannot_apply_are_refused(entry, overrides, fragments, tmp_
     assert_clean_error(run_cli(entry, *overrides, f"hydra.run.dir={tmp_path}"), *fragments)
 
 
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (("nll.num_points=abc",), "nll.num_points must be an integer >= 1, got 'abc'"),
+        (("nll.num_points=0",), "nll.num_points must be an integer >= 1, got 0"),
+        (("nll.enabled=maybe",), "nll.enabled must be true or false, got 'maybe'"),
+        (("nll.method=foo",), "nll.method must be one of auto, vlb, ode, got 'foo'"),
+        (("nll.ode_steps=0",), "nll.ode_steps must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_nll_options_are_refused_before_sampling(overrides, fragment, tmp_path):
+    """They were tracebacks after the sampling (``num_points=abc``, ``=0``) or silently taken."""
+    result = run_cli("eval", *ORACLE, *overrides, f"hydra.run.dir={tmp_path}")
+    assert_clean_error(result, fragment)
+    assert "sampling" not in result.stdout + result.stderr
+
+
+def test_a_setting_of_the_wrong_type_names_its_config_node():
+    """A class that does not check a setting's type itself (a string compared with a number):
+    the one line names the config node to look at, by its group."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from difforge.cli.common import user_error_message
+
+    cfg = OmegaConf.create(
+        {
+            "schedule": {
+                "_target_": "difforge.diffusion.schedules.LinearSchedule",
+                "beta_start": "abc",
+            },
+            "module": {"_target_": "builtins.dict", "schedule": "${schedule}"},
+        }
+    )
+    with pytest.raises(InstantiationException) as caught:
+        instantiate(cfg.module)
+    message = user_error_message(caught.value)
+    assert message is not None and "\n" not in message
+    assert message.startswith("schedule: a setting has the wrong type (")
+    assert "LinearSchedule; check the schedule.* values given" in message
+
+
 def test_model_and_data_cannot_be_chosen_beside_a_checkpoint(conditional_hybrid, tmp_path):
     """Before: ``model=``/``data=``/``schedule=`` beside ``ckpt_path`` were silently ignored."""
     result = run_cli(

@@ -108,6 +108,14 @@ def imported_lightning(result: subprocess.CompletedProcess) -> bool:
         ("train", ["module.ema=0.9"], ["module.ema: no such key; did you mean module.ema_decay?"]),
         ("train", ["module.Lr=1"], ["module.Lr: no such key; did you mean module.lr?"]),
         ("sample", [*ORACLE, "module.lr=3"], ["module.lr: this command's config has no module"]),
+        (
+            "sample",
+            ["ckpt_path=/x/epoch=0-step=20.ckpt"],
+            [
+                "error: ckpt_path=/x/epoch=0-step=20.ckpt: a value holding '=' must be quoted: "
+                "'ckpt_path=\"/x/epoch=0-step=20.ckpt\"'"
+            ],
+        ),
     ],
 )
 def test_typo_is_one_line_with_the_closest_valid_name(entry, overrides, fragments):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -29,10 +30,31 @@ def user_error_message(error: BaseException) -> str | None:
         cause = error.__cause__ or error.__context__
         if cause is not None and isinstance(cause, USER_ERRORS):
             return f"{cause} (while building {_instantiation_target(error)})"
+        if isinstance(cause, TypeError):
+            # A setting of the wrong type that the class does not check itself, e.g. a string
+            # compared with a number: name the config node to look at.
+            node = _instantiation_key(error)
+            return (
+                f"{node}: a setting has the wrong type ({cause}) while building "
+                f"{_instantiation_target(error)}; check the {node}.* values given"
+            )
         return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     if isinstance(error, (*USER_ERRORS, HydraException)):
         return str(error)
     return None
+
+
+def _instantiation_key(error: BaseException) -> str:
+    """The config node Hydra was building (``full_key``), by the group a module part refers to
+    (``module.schedule`` -> ``schedule``)."""
+    from difforge.training.config import MODULE_PARTS
+
+    found = re.search(r"full_key: (\S+)", str(error))
+    key = found.group(1) if found else "config"
+    parts = key.split(".")
+    if len(parts) >= 2 and parts[0] == "module" and parts[1] in MODULE_PARTS:
+        key = ".".join([MODULE_PARTS[parts[1]], *parts[2:]])
+    return key
 
 
 def _instantiation_target(error: BaseException) -> str:

@@ -243,6 +243,16 @@ def module_part_error(key: str, value: str | None) -> str | None:
     return f"{where}{part} is the {group} group ({part}: ${{{group}}}); {instead}"
 
 
+def parse_error(error: BaseException, overrides: Sequence[str]) -> str:
+    """Hydra's grammar error in one line; a value holding ``=`` (Lightning's checkpoint names,
+    ``epoch=0-step=20.ckpt``) is named with the quoting that passes it."""
+    unquoted = [o for o in overrides if o.count("=") > 1 and not re.search(r"=\s*['\"]", o)]
+    if "mismatched input '='" in str(error) and unquoted:
+        key, _, value = unquoted[0].partition("=")
+        return f"{unquoted[0]}: a value holding '=' must be quoted: '{key}=\"{value}\"'"
+    return one_line(error)
+
+
 def check_overrides(config_dir: str, config_name: str, argv: Sequence[str]) -> None:
     """Compose ``config_name`` with the overrides in ``argv`` as Hydra will; on a bad override
     print ``error: <one line>`` and exit 1. Sweeps (``-m a=1,2``) are left to Hydra.
@@ -260,7 +270,7 @@ def check_overrides(config_dir: str, config_name: str, argv: Sequence[str]) -> N
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
-        fail(one_line(error))
+        fail(parse_error(error, overrides))
     for override in parsed:
         value = None if override.is_delete() else str(override.input_line).split("=", 1)[-1]
         message = module_part_error(override.key_or_group, value)

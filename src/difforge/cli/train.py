@@ -150,7 +150,8 @@ def check_same_model(
     saved_config: dict[str, Any], effective: DictConfig, choices: Any, ckpt_path: str
 ) -> None:
     """Refuse a resumed run whose network, schedule, parameterization or data (beyond
-    ``RESUMABLE_DATA_KEYS``) differ from the checkpoint's, before anything is written; announce
+    ``RESUMABLE_DATA_KEYS``) differ from the checkpoint's, before any checkpoint, ``run.json`` or
+    metric is written; announce
     a change of loss or noise law."""
     saved_choices = saved_config.get("choices") or {}
     for group in (*RESUME_FIXED_GROUPS, *RESUME_FREE_GROUPS):
@@ -382,7 +383,9 @@ def nothing_left_to_train(cfg: DictConfig, ckpt_path: str | None, step: int) -> 
         ckpt_path,
         step,
         max_steps,
-        "testing it; no checkpoint is written" if cfg.get("test", False) else "nothing was written",
+        "testing it; no checkpoint is written"
+        if cfg.get("test", False)
+        else "no checkpoint or metric was written",
     )
     return True
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from difforge.checks import check_flag, check_real
 from difforge.diffusion.broadcast import per_sample
 from difforge.diffusion.likelihood import reverse_step_log_variance, vlb_term
 from difforge.diffusion.losses import mean_over_dims
@@ -33,10 +34,8 @@ class HybridLoss(nn.Module):
 
     def __init__(self, vlb_weight: float = 0.001, discretized_decoder: bool = True) -> None:
         super().__init__()
-        if vlb_weight < 0:
-            raise ValueError(f"loss.vlb_weight must be >= 0, got {vlb_weight}")
-        self.vlb_weight = float(vlb_weight)
-        self.discretized_decoder = bool(discretized_decoder)
+        self.vlb_weight = check_real("loss.vlb_weight", vlb_weight, 0)
+        self.discretized_decoder = check_flag("loss.discretized_decoder", discretized_decoder)
 
     def forward(
         self,

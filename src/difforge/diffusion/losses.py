@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from difforge.checks import check_real
 from difforge.diffusion.parameterization import Denoiser, noisy_input
 
 
@@ -74,9 +75,7 @@ class MinSNRLoss(WeightedLoss):
 
     def __init__(self, min_snr_gamma: float = 5.0) -> None:
         super().__init__()
-        if not min_snr_gamma > 0:
-            raise ValueError(f"loss.min_snr_gamma must be > 0, got {min_snr_gamma}")
-        self.min_snr_gamma = float(min_snr_gamma)
+        self.min_snr_gamma = check_real("loss.min_snr_gamma", min_snr_gamma, 0, low_open=True)
 
     def x0_weight(self, sigma: Tensor) -> Tensor:
         return (1 / sigma**2).clamp(max=self.min_snr_gamma)
@@ -92,9 +91,7 @@ class EDMLoss(WeightedLoss):
 
     def __init__(self, sigma_data: float = 0.5) -> None:
         super().__init__()
-        if not sigma_data > 0:
-            raise ValueError(f"loss.sigma_data must be > 0, got {sigma_data}")
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = check_real("loss.sigma_data", sigma_data, 0, low_open=True)
 
     def x0_weight(self, sigma: Tensor) -> Tensor:
         # (sigma^2 + sd^2) / (sigma sd)^2, written to stay finite at sigma = inf

@@ -25,6 +25,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from difforge.checks import check_int
+
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021, sec. 3.2: clip betas to avoid singularities near t = T
 
 
@@ -43,11 +45,6 @@ def check_terminal_noise(name: str, alpha_bar_T: float) -> None:
             "is biased; use more timesteps or a larger beta_end/sigma_max",
             stacklevel=3,
         )
-
-
-def _check_num_timesteps(num_timesteps: int) -> None:
-    if not isinstance(num_timesteps, int) or isinstance(num_timesteps, bool) or num_timesteps < 2:
-        raise ValueError(f"schedule.num_timesteps must be an integer >= 2, got {num_timesteps!r}")
 
 
 class NoiseSchedule:
@@ -237,7 +234,7 @@ class LinearSchedule(DiscreteSchedule):
         scale_to_num_timesteps: bool = True,
         rescale_zero_terminal_snr: bool = False,
     ) -> None:
-        _check_num_timesteps(num_timesteps)
+        check_int("schedule.num_timesteps", num_timesteps, minimum=2)
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(
                 f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
@@ -282,7 +279,7 @@ class CosineSchedule(DiscreteSchedule):
         max_beta: float = MAX_BETA,
         rescale_zero_terminal_snr: bool = False,
     ) -> None:
-        _check_num_timesteps(num_timesteps)
+        check_int("schedule.num_timesteps", num_timesteps, minimum=2)
         if s < 0:
             raise ValueError(f"cosine schedule offset s must be >= 0, got {s}")
         t = torch.arange(num_timesteps + 1, dtype=torch.float64)
@@ -313,7 +310,7 @@ class SigmoidSchedule(DiscreteSchedule):
         max_beta: float = MAX_BETA,
         rescale_zero_terminal_snr: bool = False,
     ) -> None:
-        _check_num_timesteps(num_timesteps)
+        check_int("schedule.num_timesteps", num_timesteps, minimum=2)
         if not start < end or tau <= 0:
             raise ValueError(
                 f"sigmoid schedule needs start < end and tau > 0, got start={start}, end={end}, tau={tau}"
