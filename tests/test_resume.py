@@ -280,3 +280,22 @@ def test_a_finished_run_says_nothing_is_left_and_writes_nothing(finished_copy):
         in output
     )
     assert run_files(finished_copy) == before
+
+
+@pytest.mark.slow
+def test_a_run_without_checkpoint_callbacks_resumes_from_lightnings_checkpoint(tmp_path):
+    """README, "Where outputs go": with ``callbacks=none`` the only checkpoint is Lightning's
+    ``csv/version_0/checkpoints/epoch=*-step=*.ckpt``; the quoted ``ckpt_path`` the README shows
+    resumes it, and unquoted the one line names the quoting."""
+    common = ("experiment=gmm1d", "callbacks=none", "logger=csv", f"hydra.run.dir={tmp_path}")
+    assert_ok(run_cli("train", *common, "trainer.max_steps=4"))
+    (checkpoint,) = (tmp_path / "csv" / "version_0" / "checkpoints").glob("epoch=*-step=4.ckpt")
+    assert not (tmp_path / "checkpoints").exists()
+    unquoted = run_cli("train", *common, "trainer.max_steps=8", f"ckpt_path={checkpoint}")
+    assert_clean_error(unquoted, "a value holding '=' must be quoted")
+    assert_ok(run_cli("train", *common, "trainer.max_steps=8", f'ckpt_path="{checkpoint}"'))
+    resumed = torch.load(
+        next((tmp_path / "csv").glob("version_*/checkpoints/epoch=*-step=8.ckpt")),
+        weights_only=True,
+    )
+    assert resumed["global_step"] == 8

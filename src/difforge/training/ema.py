@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from difforge.checks import check_real
+
 # (owning module, attribute name) of each parameter or buffer: resolved with a dict lookup per
 # update, so a ``.to()`` that replaces tensors is followed without walking the module tree.
 _Slots = list[tuple[nn.Module, str]]
@@ -44,9 +46,7 @@ class EMA(nn.Module):
 
     def __init__(self, net: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
         super().__init__()
-        if not 0 <= decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
-        self.decay = float(decay)
+        self.decay = check_real("ema_decay", decay, 0.0, 1.0, high_open=True)
         self.warmup = bool(warmup)
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
         self.num_updates: Tensor

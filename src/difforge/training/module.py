@@ -186,7 +186,7 @@ class DiffusionModule(L.LightningModule):
         self.data_shape = tuple(int(d) for d in data_shape)
         self.clip_denoised = len(self.data_shape) == 3 if clip_denoised is None else clip_denoised
         self._channels_last_option = channels_last
-        self.channels_last = bool(channels_last) and len(self.data_shape) == 3
+        self.channels_last = bool(channels_last)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.denoiser = Denoiser(net, schedule, parameterization)
