@@ -141,7 +141,8 @@ def grid25_mixture_law(dim: int, mixture_seed: int, num_classes: int) -> Gaussia
             f"data.dim must be even (the grid's 2-D means repeat dim / 2 times), got {dim}"
         )
     mixture = cardoso_mixture(dim, check_int("mixture_seed", mixture_seed, minimum=0))
-    return gaussian_mixture_law(mixture.weights, mixture.means, mixture.stds, dim, num_classes)
+    components = (mixture.weights, mixture.means, mixture.stds)
+    return gaussian_mixture_law(*components, dim=dim, num_classes=num_classes)  # type: ignore[arg-type]
 
 
 # The data whose law is known, by their config's ``_target_``: the function of the data options
