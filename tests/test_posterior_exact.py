@@ -204,7 +204,8 @@ def test_floor_and_component_weights_on_the_test_bed():
     """Exact samples: the floor shrinks with the sample size, the prior (the measurement
     ignored) is far above it, and the samples' component weights are the posterior's."""
     problem = cardoso_problem(8, 1, 0)
-    post = mixture_posterior(problem.mixture, problem.A, problem.y, problem.sigma_y)
+    post = problem.posterior()
+    assert problem.operator().matrix().equal(problem.A) and problem.operator().name == "matrix"
     g = torch.Generator().manual_seed(5)
     small, large = exact_floor(post, 200, generator=g), exact_floor(post, 2000, generator=g)
     assert large < small / 2

@@ -10,8 +10,8 @@ uniformly on the unit sphere:
 the expectation estimated with ``num_projections`` directions (default 1000; the estimate's
 relative Monte Carlo error is then about 2-5 % for the distances on the test bed). The same
 directions are used for every call with the same ``generator`` seed, so that methods compared on
-one problem see the same projections (common random numbers). Cardoso et al. 2024 (MCGdiff,
-sec. 4) rank posterior samplers by this distance to exact posterior samples.
+one problem see the same projections (common random numbers). Cardoso et al. 2024 (MCGdiff)
+rank posterior samplers on their mixture test bed by this distance to exact posterior samples.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def component_weights(samples: Tensor, posterior: FullCovMixture) -> Tensor:
 
     For exact samples it is an unbiased estimate of ``posterior.weights`` (``E[p(k | x)] =
     weights_k``); a sampler that misses a mode, or puts mass on one the measurement rules out,
-    shows it here (DPS-type methods, Cardoso et al. 2024, fig. 1)."""
+    shows it here (where DPS-type methods are known to go wrong)."""
     x = samples.reshape(samples.shape[0], -1)
     return posterior.responsibilities(x).mean(0)
 
