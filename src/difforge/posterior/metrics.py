@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from difforge.metrics.mixture import unit_directions
 from difforge.posterior.exact import FullCovMixture
 
 NUM_PROJECTIONS = 1000
@@ -73,15 +74,15 @@ def sliced_wasserstein(
         raise ValueError(f"num_projections must be an integer >= 1, got {num_projections}")
     if generator is None:
         generator = torch.Generator().manual_seed(SEED)
-    theta = torch.randn(a.shape[1], num_projections, dtype=torch.float64, generator=generator)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    pa = torch.sort(a @ theta, dim=0).values  # (n, P)
-    pb = torch.sort(b @ theta, dim=0).values
+    theta = unit_directions(a.shape[1], num_projections, generator)
+    # One row per direction: sorting contiguous rows is faster than strided columns.
+    pa = (a @ theta).T.contiguous().sort(dim=1).values  # (P, n)
+    pb = (b @ theta).T.contiguous().sort(dim=1).values
     if a.shape[0] == b.shape[0]:
-        squared = ((pa - pb) ** 2).mean(0)
+        squared = ((pa - pb) ** 2).mean(1)
     else:
         widths, ia, ib = _quantile_pieces(a.shape[0], b.shape[0])
-        squared = (widths[:, None] * (pa[ia] - pb[ib]) ** 2).sum(0)
+        squared = ((pa[:, ia] - pb[:, ib]) ** 2 * widths).sum(1)
     return math.sqrt(squared.mean().item())
 
 
