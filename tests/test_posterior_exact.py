@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -22,7 +23,7 @@ from difforge.posterior.metrics import (
 )
 from difforge.posterior.operators.registry import build_operator
 from difforge.posterior.testbed import cardoso_mixture, cardoso_problem
-from helpers import ROOT
+from helpers import ROOT, assert_ok, run_cli
 
 
 def three_component_problem() -> tuple[GaussianMixture, torch.Tensor, torch.Tensor]:
@@ -276,3 +277,28 @@ def test_the_data_config_is_the_test_beds_prior():
     cfg.dim = 7
     with pytest.raises(DataConfigError, match=r"data\.dim must be even"):
         known_mixture(cfg)
+
+
+@pytest.mark.slow
+def test_the_exact_model_samples_the_test_beds_prior(tmp_path):
+    """python src/sample.py model=gmm_oracle data=gmm_grid25 data.dim=8: the samples' component
+    weights are the prior's (the exact denoiser of the test bed's mixture, no checkpoint)."""
+    assert_ok(
+        run_cli(
+            "sample",
+            "model=gmm_oracle",
+            "data=gmm_grid25",
+            "data.dim=8",
+            "data.mixture_seed=2",
+            "sampler=heun",
+            "sampler.steps=30",
+            "num_samples=4000",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    samples = torch.from_numpy(np.load(tmp_path / "samples.npz")["arr_0"]).double()
+    mixture = cardoso_mixture(8, 2)
+    assert samples.shape == (4000, 8)
+    weights = mixture.responsibilities(samples).mean(0)
+    se = (mixture.weights * (1 - mixture.weights) / 4000).sqrt()
+    assert ((weights - mixture.weights).abs() < 4 * se + 0.01).all()
