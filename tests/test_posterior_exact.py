@@ -142,6 +142,21 @@ def test_posterior_errors(A, y, sigma_y, message):
         mixture_posterior(mixture, A, y, sigma_y)
 
 
+@pytest.mark.parametrize("sigma_y", [0.3, 0.0])
+def test_the_low_rank_posterior_is_its_dense_mixture(sigma_y):
+    """The posterior's O(n d_x d_y) densities equal those of the FullCovMixture of its weights,
+    means and dense covariances (eigendecomposition; on the support when sigma_y = 0), and its
+    Matheron draws have the dense mixture's moments."""
+    mixture, A, y = three_component_problem()
+    post = mixture_posterior(mixture, A, y, sigma_y)
+    dense = FullCovMixture(post.weights, post.means, post.covs)
+    x = dense.sample(2000, torch.Generator().manual_seed(8))
+    torch.testing.assert_close(post.log_prob(x), dense.log_prob(x), rtol=0, atol=1e-9)
+    draws = post.sample(100_000, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(draws.mean(0), dense.mean(), rtol=0, atol=0.02)
+    torch.testing.assert_close(torch.cov(draws.T), dense.covariance(), rtol=0, atol=0.03)
+
+
 def test_full_cov_mixture_log_prob_is_normalised_in_1d():
     """A 1-D FullCovMixture's density integrates to 1 (trapezoid on a fine grid)."""
     f64 = torch.float64
