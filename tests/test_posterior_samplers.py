@@ -391,7 +391,8 @@ def test_every_method_has_a_config_and_counts_its_evaluations(name, problem):
     mixture, _, _ = gaussian([0.5, -1.0, 0.3], [0.8, 0.5, 1.2])
     counter = CountingDenoiser(flat(mixture))
     y = torch.tensor([[0.3, -0.2]], dtype=F64)
-    result = sampler(counter, EDMSchedule(), y, mask, 0.1, n=3)
+    sigma_y = 0.0 if name == "repaint" else 0.1  # RePaint resamples exact measurements only
+    result = sampler(counter, EDMSchedule(), y, mask, sigma_y, n=3)
     assert result.samples.shape == (3, 1, 3) and torch.isfinite(result.samples).all()
     particles = sampler.options.get("num_particles", cfg.get("num_particles", 1))
     assert (
@@ -437,6 +438,7 @@ class Unfactored(LinearOperator):
             "did you mean 'num_particles'",
         ),
         ("sdedit", DenseOperator(torch.eye(2, 3)), 0.1, {"strength": 0.01}, "runs no step"),
+        ("repaint", MaskOperator(torch.tensor([True, False, True])), 0.1, {}, "resamplings=1"),
     ],
 )
 def test_bad_input_is_refused_in_one_line(name, operator, sigma_y, options, message):
