@@ -468,3 +468,20 @@ def test_methods_that_start_from_their_own_points_refuse_x_init(problem):
             karras_sigmas(5, 0.002, 80.0),
             x_init=torch.zeros(1, 3, dtype=F64),
         )
+
+
+@pytest.mark.parametrize("rescale", [False, True], ids=["vp", "zero_terminal_snr"])
+def test_the_front_door_runs_on_a_vp_schedule(problem, rescale):
+    """The trailing grid of a discrete VP schedule; under zero terminal SNR its level at
+    infinity is dropped, and the start is drawn at the first finite level."""
+    from difforge.diffusion.schedules import LinearSchedule
+
+    operator, A, y = problem
+    schedule = LinearSchedule(rescale_zero_terminal_snr=rescale)
+    sampler = PosteriorSampler("ddrm", steps=10)
+    sigmas = sampler.sigmas(schedule)
+    assert len(sigmas) == (10 if rescale else 11) and torch.isfinite(sigmas).all()
+    mixture, _, _ = gaussian([0.5, -1.0, 0.3], [0.8, 0.5, 1.2])
+    result = sampler(GaussianMixtureOracle(mixture), schedule, y[None], operator, 0.0, n=50)
+    assert result.samples.shape == (50, 3) and result.nfe == len(sigmas) - 1
+    assert torch.allclose(result.samples @ A.T, y.expand(50, 2), atol=1e-10)
