@@ -10,11 +10,14 @@ Which methods are exact there, and the tests that check it:
   converges to the true one as the steps grow.
 - SDEdit samples ``x0 | x(t0)`` around the guide: with the ``denoise`` operator its law is
   closed-form (the posterior itself when ``sigma(t0) = sigma_y``).
+- DDNM, and DDRM at ``eta = 0``, where the posterior factorises in the SVD's coordinates: an
+  isotropic prior with ``sigma_y = 0`` (the seen part is ``y``'s, the unseen part the prior's).
 Not exact, and why (their errors are measured, not asserted; properties are tested instead):
 - DPS: ``p(y | x_t)`` is replaced by ``p(y | D(x_t))`` and the step size is a heuristic (biased).
-- DDRM: the seen coordinates ignore the prior while ``sigma >= c_i`` (its variational marginals
-  are not the posterior's); DDNM: the range space is replaced, not conditioned; RePaint: the
-  known pixels are noised independently of the unknown ones.
+- DDRM: the seen coordinates ignore the prior while ``sigma >= c_i``, and its noise
+  ``eta sigma_{t-1}`` does not shrink with the step (biased for ``eta > 0`` at any step count);
+  DDNM(+): the range space is replaced, not conditioned on the prior's correlations or on
+  ``sigma_y``; RePaint: the known pixels are noised independently of the unknown ones.
 """
 
 from __future__ import annotations
