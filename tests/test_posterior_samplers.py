@@ -51,7 +51,7 @@ SIGMA_Y = 0.3
 
 def gaussian(mean: list[float], std: list[float] | float) -> tuple[GaussianMixture, Tensor, Tensor]:
     """A one-component mixture and its mean and (diagonal) covariance."""
-    mixture = GaussianMixture([1.0], [mean], [std])
+    mixture = GaussianMixture([1.0], [mean], torch.tensor([std], dtype=F64))
     return mixture, mixture.means[0], torch.diag(mixture.stds[0] ** 2)
 
 
@@ -210,7 +210,8 @@ def test_sdedit_draws_x0_given_the_noised_guide(problem):
         shrink = var / (var + sigma**2)
         return torch.diag(shrink), (1 - shrink) * m
 
-    def law(sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    def law(sigmas: Tensor) -> tuple[tuple[Tensor, Tensor], float]:
+        """The steps' law and sigma(t0)."""
         tail = sigmas[len(sigmas) - 1 - round(strength * (len(sigmas) - 1)) :]
         start = float(tail[0]) ** 2 - sigma_y**2
         return ddim_law(prior_x0, tail, 1.0, y, start * torch.eye(3, dtype=F64)), float(tail[0])
