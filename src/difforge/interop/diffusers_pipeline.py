@@ -358,6 +358,8 @@ def load_pipeline(path: str | Path, sampler: Any) -> Any:
         sampler=pipeline_sampler(sampler, spec),
         data_shape=spec.data_shape,
         ema_decay=0.0,
+        # A UNet2DModel's class table has no null label: guidance is refused on it.
+        class_dropout=0.0 if spec.num_classes else None,
         clip_denoised=spec.clip_sample,
     )
     return module.eval()
