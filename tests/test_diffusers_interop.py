@@ -86,15 +86,16 @@ DDIM_STEPS = 10
 
 
 def diffusers_ddim(
-    path: Path, clip: bool, spacing: str = "trailing"
+    path: Path, clip: bool, spacing: str | None = "trailing"
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """diffusers' DDIMPipeline with ``timestep_spacing=spacing``: uint8 images (N, H, W, C)
-    rounded as its ``numpy_to_pil`` does, and the draws it started from (its ``randn_tensor`` on
-    the CPU)."""
+    """diffusers' DDIMPipeline with ``timestep_spacing=spacing`` (None: the folder's own):
+    uint8 images (N, H, W, C) rounded as its ``numpy_to_pil`` does, and the draws it started
+    from (its ``randn_tensor`` on the CPU)."""
     from diffusers import DDIMPipeline, DDIMScheduler
 
     pipe = DDIMPipeline.from_pretrained(str(path))
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    if spacing is not None:
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         batch_size=NUM_IMAGES,
@@ -219,6 +220,35 @@ def test_sample_command_with_pretrained_and_noise_gives_the_images_of_diffusers(
         f"hydra.run.dir={tmp_path / 'bad'}",
     )
     assert_clean_error(bad, "has shape (16, 1, 8, 8), expected (3, 1, 8, 8)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_sample_command_takes_the_folders_timestep_spacing(pipelines, tmp_path, spacing):
+    """Before: sample.py pretrained=... sampler=ddim without sampler.grid ran difforge's own
+    default grid whatever the folder's ``timestep_spacing`` (diffusers' default ``leading``), and
+    its images differed from diffusers' DDIMPipeline on the same draws. Now the folder's spacing
+    is the grid of ddpm and ddim when sampler.grid is unset."""
+    path = tmp_path / "pipe"
+    shutil.copytree(pipelines[("epsilon", False)], path)
+    _edit_json(path / "scheduler" / "scheduler_config.json", timestep_spacing=spacing)
+    theirs, draws = diffusers_ddim(path, False, None)
+    np.save(tmp_path / "draws.npy", draws.numpy())
+    result = run_cli(
+        "sample",
+        f"pretrained={path}",
+        f"noise={tmp_path / 'draws.npy'}",
+        f"num_samples={NUM_IMAGES}",
+        "sampler=ddim",
+        f"sampler.steps={DDIM_STEPS}",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    assert_ok(result)
+    ours = np.load(tmp_path / "out" / "samples.npz")["arr_0"]
+    difference = np.abs(ours.astype(int) - theirs.astype(int)).max()
+    print(f"sample.py on timestep_spacing={spacing}: max uint8 difference {difference}")
+    assert difference <= 1
 
 
 @pytest.mark.slow
@@ -388,16 +418,23 @@ def test_bad_pretrained_folder_on_the_command_line(tmp_path):
     )
 
 
-def test_a_pipelines_ddpm_settings_fill_only_what_the_user_left_unset():
-    from types import SimpleNamespace
+def test_a_pipelines_settings_fill_only_what_the_user_left_unset(pipelines):
+    from dataclasses import replace
 
     from difforge.diffusion.samplers import Sampler
     from difforge.interop.diffusers_pipeline import pipeline_sampler
 
-    spec = SimpleNamespace(variance="large")
+    spec = replace(
+        read_pipeline(pipelines[("epsilon", False)]), variance="large", timestep_spacing="trailing"
+    )
     filled = pipeline_sampler(Sampler("ddpm", 10), spec)
     assert filled.options["variance"] == "large" and filled.final_sigma == "zero"
-    kept = pipeline_sampler(Sampler("ddpm", 10, final_sigma="min", variance="small"), spec)
+    assert filled.grid == "trailing"
+    kept = pipeline_sampler(
+        Sampler("ddpm", 10, grid="leading", final_sigma="min", variance="small"), spec
+    )
     assert kept.options["variance"] == "small" and kept.final_sigma == "min"
-    ddim = Sampler("ddim", 10)
-    assert pipeline_sampler(ddim, spec) is ddim
+    assert kept.grid == "leading"
+    assert pipeline_sampler(Sampler("ddim", 10), spec).grid == "trailing"
+    euler = Sampler("euler", 10)
+    assert pipeline_sampler(euler, spec) is euler
