@@ -751,3 +751,16 @@ def test_a_pipeline_with_other_components_is_refused(folder):
     _edit_json(folder / "model_index.json", vqvae=["diffusers", "VQModel"])
     with pytest.raises(DifforgeError, match=r"component vqvae=\['diffusers', 'VQModel'\]"):
         read_pipeline(folder)
+
+
+def test_the_api_samples_on_the_folders_grid(pipelines):
+    """difforge.load(folder).sample builds its own Sampler: the folder's timestep_spacing (here
+    diffusers' default, leading) still applies, as on the command line."""
+    import difforge
+
+    path = pipelines[("epsilon", False)]
+    theirs, draws = diffusers_ddim(path, False, None)
+    from difforge.plotting import to_uint8_images
+
+    mine = to_uint8_images(difforge.load(path).sample(NUM_IMAGES, "ddim", DDIM_STEPS, noise=draws))
+    assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1
