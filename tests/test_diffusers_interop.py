@@ -764,3 +764,21 @@ def test_the_api_samples_on_the_folders_grid(pipelines):
 
     mine = to_uint8_images(difforge.load(path).sample(NUM_IMAGES, "ddim", DDIM_STEPS, noise=draws))
     assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_every_other_scheduler_diffusers_can_swap_in_is_refused(folder):
+    """A pipeline saved after ``pipe.scheduler = XScheduler.from_config(...)``: difforge reproduces
+    DDPMScheduler and DDIMScheduler field by field; every other class diffusers offers for them
+    (its ``compatibles``) is refused whole, naming it, rather than read as a DDPM config."""
+    from diffusers import DDPMScheduler
+
+    others = sorted(c.__name__ for c in DDPMScheduler().compatibles)
+    others = [name for name in others if name not in ("DDPMScheduler", "DDIMScheduler")]
+    assert len(others) >= 10
+    for name in others:
+        _edit_json(folder / "model_index.json", scheduler=["diffusers", name])
+        with pytest.raises(DifforgeError) as error:
+            read_pipeline(folder)
+        message = str(error.value)
+        assert f"scheduler is a {name}; allowed: DDPMScheduler, DDIMScheduler" in message
+        assert "\n" not in message
