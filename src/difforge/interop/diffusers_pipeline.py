@@ -58,7 +58,7 @@ PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # diffusers' DDPM step takes the square root of fixed_large_log's log(beta_t) < 0 (NaN images):
-# of the fixed variances, these four have an output to reproduce.
+# of the fixed variances, these three have an output to reproduce.
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 # The pipelines the loader takes hold these components and no other (LDMPipeline's vqvae, say,
 # would make the UNet's images latents).
