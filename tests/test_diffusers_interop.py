@@ -782,3 +782,19 @@ def test_every_other_scheduler_diffusers_can_swap_in_is_refused(folder):
         message = str(error.value)
         assert f"scheduler is a {name}; allowed: DDPMScheduler, DDIMScheduler" in message
         assert "\n" not in message
+
+
+def test_ddim_off_its_own_grid_is_refused_unless_the_grid_is_named(folder):
+    """diffusers' DDIM on a trailing grid of N = 7 (not dividing T = 1000) steps from 999 to
+    857 but next evaluates at 856: the folder's grid is refused for ddim at that N, while N = 8
+    (dividing T) and a named grid (difforge's DDIM along it) run."""
+    from difforge.diffusion.samplers import Sampler
+    from difforge.interop.diffusers_pipeline import pipeline_sampler
+
+    _edit_json(folder / "scheduler/scheduler_config.json", timestep_spacing="trailing")
+    spec = read_pipeline(folder)
+    with pytest.raises(DifforgeError, match=r"timestep_spacing='trailing' with sampler\.steps=7"):
+        pipeline_sampler(Sampler("ddim", 7), spec)
+    assert pipeline_sampler(Sampler("ddim", 8), spec).grid == "trailing"
+    assert pipeline_sampler(Sampler("ddim", 7, grid="trailing"), spec).grid == "trailing"
+    assert pipeline_sampler(Sampler("ddpm", 7), spec).grid == "trailing"  # DDPM steps by index
