@@ -86,15 +86,16 @@ DDIM_STEPS = 10
 
 
 def diffusers_ddim(
-    path: Path, clip: bool, spacing: str = "trailing"
+    path: Path, clip: bool, spacing: str | None = "trailing"
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """diffusers' DDIMPipeline with ``timestep_spacing=spacing``: uint8 images (N, H, W, C)
-    rounded as its ``numpy_to_pil`` does, and the draws it started from (its ``randn_tensor`` on
-    the CPU)."""
+    """diffusers' DDIMPipeline with ``timestep_spacing=spacing`` (None: the folder's own):
+    uint8 images (N, H, W, C) rounded as its ``numpy_to_pil`` does, and the draws it started
+    from (its ``randn_tensor`` on the CPU)."""
     from diffusers import DDIMPipeline, DDIMScheduler
 
     pipe = DDIMPipeline.from_pretrained(str(path))
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    if spacing is not None:
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         batch_size=NUM_IMAGES,
@@ -219,6 +220,35 @@ def test_sample_command_with_pretrained_and_noise_gives_the_images_of_diffusers(
         f"hydra.run.dir={tmp_path / 'bad'}",
     )
     assert_clean_error(bad, "has shape (16, 1, 8, 8), expected (3, 1, 8, 8)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_sample_command_takes_the_folders_timestep_spacing(pipelines, tmp_path, spacing):
+    """Before: sample.py pretrained=... sampler=ddim without sampler.grid ran difforge's own
+    default grid whatever the folder's ``timestep_spacing`` (diffusers' default ``leading``), and
+    its images differed from diffusers' DDIMPipeline on the same draws. Now the folder's spacing
+    is the grid of ddpm and ddim when sampler.grid is unset."""
+    path = tmp_path / "pipe"
+    shutil.copytree(pipelines[("epsilon", False)], path)
+    _edit_json(path / "scheduler" / "scheduler_config.json", timestep_spacing=spacing)
+    theirs, draws = diffusers_ddim(path, False, None)
+    np.save(tmp_path / "draws.npy", draws.numpy())
+    result = run_cli(
+        "sample",
+        f"pretrained={path}",
+        f"noise={tmp_path / 'draws.npy'}",
+        f"num_samples={NUM_IMAGES}",
+        "sampler=ddim",
+        f"sampler.steps={DDIM_STEPS}",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    assert_ok(result)
+    ours = np.load(tmp_path / "out" / "samples.npz")["arr_0"]
+    difference = np.abs(ours.astype(int) - theirs.astype(int)).max()
+    print(f"sample.py on timestep_spacing={spacing}: max uint8 difference {difference}")
+    assert difference <= 1
 
 
 @pytest.mark.slow
@@ -388,16 +418,383 @@ def test_bad_pretrained_folder_on_the_command_line(tmp_path):
     )
 
 
-def test_a_pipelines_ddpm_settings_fill_only_what_the_user_left_unset():
-    from types import SimpleNamespace
+def test_a_pipelines_settings_fill_only_what_the_user_left_unset(pipelines):
+    from dataclasses import replace
 
     from difforge.diffusion.samplers import Sampler
     from difforge.interop.diffusers_pipeline import pipeline_sampler
 
-    spec = SimpleNamespace(variance="large")
+    spec = replace(
+        read_pipeline(pipelines[("epsilon", False)]), variance="large", timestep_spacing="trailing"
+    )
     filled = pipeline_sampler(Sampler("ddpm", 10), spec)
     assert filled.options["variance"] == "large" and filled.final_sigma == "zero"
-    kept = pipeline_sampler(Sampler("ddpm", 10, final_sigma="min", variance="small"), spec)
+    assert filled.grid == "trailing"
+    kept = pipeline_sampler(
+        Sampler("ddpm", 10, grid="leading", final_sigma="min", variance="small"), spec
+    )
     assert kept.options["variance"] == "small" and kept.final_sigma == "min"
-    ddim = Sampler("ddim", 10)
-    assert pipeline_sampler(ddim, spec) is ddim
+    assert kept.grid == "leading"
+    assert pipeline_sampler(Sampler("ddim", 10), spec).grid == "trailing"
+    euler = Sampler("euler", 10)
+    assert pipeline_sampler(euler, spec) is euler
+
+
+# ------------------------------------------------- every field: reproduced or refused, never dropped
+def diffusers_ddpm(path: Path) -> np.ndarray:
+    """diffusers' DDPMPipeline on the folder as saved: uint8 images from generator seed 0."""
+    from diffusers import DDPMPipeline
+
+    pipe = DDPMPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=NUM_IMAGES,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=DDIM_STEPS,
+        output_type="np",
+    ).images
+    return (images * 255).round().astype(np.uint8)
+
+
+def ours(path: Path, algorithm: str, draws: torch.Tensor | None = None) -> np.ndarray:
+    """difforge's ``algorithm`` on the folder with every setting left to it (grid unset)."""
+    from difforge.diffusion.samplers import Sampler
+    from difforge.plotting import to_uint8_images
+
+    model = load_pipeline(path, Sampler(algorithm, DDIM_STEPS))
+    generator = torch.Generator().manual_seed(0)
+    return to_uint8_images(
+        model.generate(NUM_IMAGES, noise=draws, generator=generator, batch_size=NUM_IMAGES).samples
+    )
+
+
+SAME = "same images"
+# Per field of the scheduler configs: (value, other changes it needs, what ddpm and ddim must
+# give): SAME (the images of diffusers' DDPMPipeline / DDIMPipeline on the same draws), the
+# fragment of the one-line refusal, or None where the algorithm does not read the field (a
+# DDIMScheduler field under DDPMPipeline). The base folder: an eps UNet, DDPMScheduler defaults
+# with clip_sample=false.
+SCHEDULER_VARIANTS: list[tuple[str, object, dict, str | None, str | None]] = [
+    ("num_train_timesteps", 500, {}, SAME, SAME),
+    ("beta_start", 5e-4, {}, SAME, SAME),
+    ("beta_end", 0.03, {}, SAME, SAME),
+    ("beta_schedule", "scaled_linear", {}, SAME, SAME),
+    ("beta_schedule", "squaredcos_cap_v2", {}, SAME, SAME),
+    (
+        "beta_schedule",
+        "sigmoid",
+        {},
+        "beta_schedule='sigmoid' is not supported",
+        "beta_schedule='sigmoid' is not supported",
+    ),
+    ("trained_betas", "linear", {}, SAME, SAME),
+    (
+        "trained_betas",
+        [0.5] * 1000,
+        {},
+        "trained_betas gives another schedule",
+        "trained_betas gives another schedule",
+    ),
+    ("rescale_betas_zero_snr", True, {"prediction_type": "v_prediction"}, SAME, SAME),
+    (
+        "rescale_betas_zero_snr",
+        True,
+        {},
+        "rescale_betas_zero_snr=true with prediction_type",
+        "rescale_betas_zero_snr=true with prediction_type",
+    ),
+    ("prediction_type", "v_prediction", {}, SAME, SAME),
+    ("prediction_type", "sample", {}, SAME, SAME),
+    ("prediction_type", "score", {}, "prediction_type='score'", "prediction_type='score'"),
+    ("clip_sample", True, {}, SAME, SAME),
+    ("clip_sample_range", 2.0, {}, SAME, SAME),  # unused without clip_sample
+    (
+        "clip_sample_range",
+        2.0,
+        {"clip_sample": True},
+        "clip_sample_range=2.0 is not",
+        "clip_sample_range=2.0 is not",
+    ),
+    ("thresholding", True, {}, "thresholding=true", "thresholding=true"),
+    ("dynamic_thresholding_ratio", 0.9, {}, SAME, SAME),
+    ("sample_max_value", 2.0, {}, SAME, SAME),
+    ("variance_type", "fixed_large", {}, SAME, SAME),
+    ("variance_type", "fixed_small_log", {}, SAME, SAME),
+    (
+        "variance_type",
+        "fixed_large_log",
+        {},
+        "variance_type='fixed_large_log'",
+        "variance_type='fixed_large_log'",
+    ),
+    (
+        "variance_type",
+        "learned_range",
+        {},
+        "variance_type='learned_range'",
+        "variance_type='learned_range'",
+    ),
+    ("timestep_spacing", "trailing", {}, SAME, SAME),
+    ("timestep_spacing", "leading", {}, SAME, SAME),
+    ("timestep_spacing", "linspace", {}, SAME, "timestep_spacing='linspace' with sampler.steps=10"),
+    (
+        "timestep_spacing",
+        "uniform",
+        {},
+        "timestep_spacing='uniform' is not supported",
+        "timestep_spacing='uniform' is not supported",
+    ),
+    (
+        "steps_offset",
+        1,
+        {},
+        "steps_offset=1 moves diffusers' leading grid",
+        "steps_offset=1 moves diffusers' leading grid",
+    ),
+    ("steps_offset", 1, {"timestep_spacing": "trailing"}, SAME, SAME),
+    ("set_alpha_to_one", False, {"timestep_spacing": "trailing"}, None, SAME),
+    ("set_alpha_to_one", False, {}, None, "set_alpha_to_one=false ends diffusers' DDIM"),
+    ("set_alpha_to_one", True, {}, None, SAME),
+]
+
+
+def test_every_field_diffusers_writes_is_classified_and_walked():
+    """The fields come from diffusers' own signatures: a field a later diffusers adds fails here
+    until the loader's tables and the walks below classify it."""
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+    from difforge.interop.diffusers_pipeline import SCHEDULER_FIELDS, UNET_FIELDS, init_fields
+
+    scheduler_fields = set(init_fields(DDPMScheduler)) | set(init_fields(DDIMScheduler))
+    assert scheduler_fields == set(SCHEDULER_FIELDS)
+    assert scheduler_fields == {variant[0] for variant in SCHEDULER_VARIANTS}
+    assert set(init_fields(UNet2DModel)) == set(UNET_FIELDS)
+    walked = set(ARCHITECTURE) | {variant[0] for variant in UNET_REFUSALS} | {"num_class_embeds"}
+    assert walked == set(UNET_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "changes", "ddpm", "ddim"),
+    SCHEDULER_VARIANTS,
+    ids=[f"{v[0]}={str(v[1])[:12]}{'+' if v[2] else ''}" for v in SCHEDULER_VARIANTS],
+)
+def test_each_scheduler_field_is_reproduced_or_refused(
+    pipelines, tmp_path, field, value, changes, ddpm, ddim
+):
+    """Before: timestep_spacing, steps_offset and set_alpha_to_one were dropped (difforge's own
+    grid and end), and fixed_large_log gave finite images where diffusers' gives NaN."""
+    from difforge.diffusion.schedules import LinearSchedule
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(pipelines[("epsilon", False)], folder)
+    if value == "linear":  # diffusers' own linear betas, as float32 numbers
+        value = LinearSchedule(1000, scale_to_num_timesteps=False).betas.float().tolist()
+    _edit_json(folder / "scheduler/scheduler_config.json", **{field: value}, **changes)
+    if ddpm is None:  # a DDIMScheduler field: the folder of a DDIMPipeline
+        _edit_json(folder / "scheduler/scheduler_config.json", _class_name="DDIMScheduler")
+        _edit_json(
+            folder / "model_index.json",
+            _class_name="DDIMPipeline",
+            scheduler=["diffusers", "DDIMScheduler"],
+        )
+    clip = bool(changes.get("clip_sample", value if field == "clip_sample" else False))
+    for algorithm, expected in (("ddpm", ddpm), ("ddim", ddim)):
+        if expected is None:
+            continue
+        if expected != SAME:
+            with pytest.raises(DifforgeError) as error:
+                ours(folder, algorithm)
+            message = str(error.value)
+            assert expected in message and "\n" not in message, message
+            assert "scheduler_config.json" in message
+            continue
+        if algorithm == "ddpm":
+            theirs, mine = diffusers_ddpm(folder), ours(folder, "ddpm")
+        else:
+            theirs, draws = diffusers_ddim(folder, clip, None)
+            mine = ours(folder, "ddim", draws)
+        difference = np.abs(mine.astype(int) - theirs.astype(int)).max()
+        print(f"{field}={str(value)[:20]} {changes} {algorithm}: max uint8 difference {difference}")
+        assert difference <= 1, (algorithm, difference)
+        assert theirs.std() > 10
+
+
+# Every UNet2DModel field diffusers' network reads itself, set off its default at once (untrained
+# weights: the comparison is exact whatever they are).
+ARCHITECTURE = {
+    "sample_size": [8, 12],
+    "in_channels": 2,
+    "out_channels": 2,
+    "center_input_sample": True,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": 48,
+    "freq_shift": 1,
+    "flip_sin_to_cos": False,
+    "down_block_types": ("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
+    "mid_block_type": "UNetMidBlock2D",
+    "up_block_types": ("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    "block_out_channels": (8, 16),
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 2.0,
+    "downsample_padding": 0,
+    "downsample_type": "resnet",
+    "upsample_type": "resnet",
+    "dropout": 0.1,
+    "act_fn": "mish",
+    "attention_head_dim": 4,
+    "norm_num_groups": 4,
+    "attn_norm_num_groups": 2,
+    "norm_eps": 1e-4,
+    "resnet_time_scale_shift": "scale_shift",
+    "add_attention": False,
+    "class_embed_type": None,
+    "num_train_timesteps": 500,  # read by the learned time embedding only
+}
+UNET_REFUSALS = [
+    ("time_embedding_type", "fourier", "time_embedding_type='fourier' is not supported"),
+    ("time_embedding_type", "learned", "time_embedding_type='learned' is not supported"),
+    ("out_channels", 2, "out_channels=2 differs from in_channels=1"),
+    ("class_embed_type", "timestep", "class_embed_type='timestep' is not supported"),
+    ("sample_size", "eight", "sample_size must be an int or [height, width]"),
+    ("in_channels", 3, "out_channels=1 differs from in_channels=3"),
+]
+
+
+def test_every_unet_field_read_by_diffusers_network_gives_its_images(tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**ARCHITECTURE)
+    scheduler = DDPMScheduler(clip_sample=True, timestep_spacing="trailing")
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(str(tmp_path))
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    assert {name: config[name] for name in ARCHITECTURE} == json.loads(json.dumps(ARCHITECTURE))
+    assert read_pipeline(tmp_path).data_shape == (2, 8, 12)
+    theirs, draws = diffusers_ddim_shape(tmp_path, (NUM_IMAGES, 2, 8, 12))
+    mine = ours(tmp_path, "ddim", draws)
+    assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1
+    assert theirs.std() > 10
+
+
+def diffusers_ddim_shape(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, torch.Tensor]:
+    """DDIMPipeline on the folder as saved, clipped model output (see ``diffusers_ddim``)."""
+    from diffusers import DDIMPipeline
+
+    pipe = DDIMPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        batch_size=shape[0],
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=DDIM_STEPS,
+        output_type="np",
+        use_clipped_model_output=True,
+    ).images
+    draws = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return (images * 255).round().astype(np.uint8), draws
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), UNET_REFUSALS)
+def test_unet_fields_difforge_cannot_wrap_are_refused(folder, field, value, fragment):
+    _edit_json(folder / "unet/config.json", **{field: value})
+    with pytest.raises(DifforgeError) as error:
+        read_pipeline(folder)
+    message = str(error.value)
+    assert fragment in message and "unet/config.json" in message and "\n" not in message
+
+
+def test_class_labels_give_the_images_of_diffusers_ddim_loop(tmp_path):
+    """num_class_embeds: DDIMPipeline passes no labels, so its loop is run here with them."""
+    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from diffusers_fixtures import tiny_unet
+
+    DDPMPipeline(
+        unet=tiny_unet(num_classes=3), scheduler=DDPMScheduler(clip_sample=False)
+    ).save_pretrained(str(tmp_path))
+    unet = UNet2DModel.from_pretrained(str(tmp_path / "unet"), low_cpu_mem_usage=False)
+    scheduler = DDIMScheduler.from_pretrained(str(tmp_path / "scheduler"))
+    scheduler.set_timesteps(DDIM_STEPS)
+    labels = torch.arange(NUM_IMAGES) % 3
+    draws = torch.randn((NUM_IMAGES, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    image = draws.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            output = unet(image, t, class_labels=labels).sample
+            image = scheduler.step(output, t, image, eta=0.0).prev_sample
+    theirs = ((image / 2 + 0.5).clamp(0, 1) * 255).round().permute(0, 2, 3, 1).numpy()
+    from difforge.diffusion.samplers import Sampler
+    from difforge.plotting import to_uint8_images
+
+    model = load_pipeline(tmp_path, Sampler("ddim", DDIM_STEPS))
+    mine = to_uint8_images(model.generate(NUM_IMAGES, noise=draws, class_labels=labels).samples)
+    assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="needs an unconditional branch"):
+        model.guidance_scale = 3.0
+        model.generate(2, noise=draws[:2])
+
+
+def test_a_field_the_loader_does_not_classify_is_refused(folder, monkeypatch):
+    """A field the installed diffusers takes but the loader's table lacks (as a newer diffusers'
+    would be) is refused, not dropped."""
+    from difforge.interop import diffusers_pipeline
+
+    fields = dict(diffusers_pipeline.SCHEDULER_FIELDS)
+    del fields["steps_offset"]
+    monkeypatch.setattr(diffusers_pipeline, "SCHEDULER_FIELDS", fields)
+    with pytest.raises(DifforgeError, match=r"steps_offset=0 is a DDPMScheduler field difforge"):
+        read_pipeline(folder)
+
+
+def test_a_pipeline_with_other_components_is_refused(folder):
+    _edit_json(folder / "model_index.json", vqvae=["diffusers", "VQModel"])
+    with pytest.raises(DifforgeError, match=r"component vqvae=\['diffusers', 'VQModel'\]"):
+        read_pipeline(folder)
+
+
+def test_the_api_samples_on_the_folders_grid(pipelines):
+    """difforge.load(folder).sample builds its own Sampler: the folder's timestep_spacing (here
+    diffusers' default, leading) still applies, as on the command line."""
+    import difforge
+
+    path = pipelines[("epsilon", False)]
+    theirs, draws = diffusers_ddim(path, False, None)
+    from difforge.plotting import to_uint8_images
+
+    mine = to_uint8_images(difforge.load(path).sample(NUM_IMAGES, "ddim", DDIM_STEPS, noise=draws))
+    assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_every_other_scheduler_diffusers_can_swap_in_is_refused(folder):
+    """A pipeline saved after ``pipe.scheduler = XScheduler.from_config(...)``: difforge reproduces
+    DDPMScheduler and DDIMScheduler field by field; every other class diffusers offers for them
+    (its ``compatibles``) is refused whole, naming it, rather than read as a DDPM config."""
+    from diffusers import DDPMScheduler
+
+    others = sorted(c.__name__ for c in DDPMScheduler().compatibles)
+    others = [name for name in others if name not in ("DDPMScheduler", "DDIMScheduler")]
+    assert len(others) >= 10
+    for name in others:
+        _edit_json(folder / "model_index.json", scheduler=["diffusers", name])
+        with pytest.raises(DifforgeError) as error:
+            read_pipeline(folder)
+        message = str(error.value)
+        assert f"scheduler is a {name}; allowed: DDPMScheduler, DDIMScheduler" in message
+        assert "\n" not in message
+
+
+def test_ddim_off_its_own_grid_is_refused_unless_the_grid_is_named(folder):
+    """diffusers' DDIM on a trailing grid of N = 7 (not dividing T = 1000) steps from 999 to
+    857 but next evaluates at 856: the folder's grid is refused for ddim at that N, while N = 8
+    (dividing T) and a named grid (difforge's DDIM along it) run."""
+    from difforge.diffusion.samplers import Sampler
+    from difforge.interop.diffusers_pipeline import pipeline_sampler
+
+    _edit_json(folder / "scheduler/scheduler_config.json", timestep_spacing="trailing")
+    spec = read_pipeline(folder)
+    with pytest.raises(DifforgeError, match=r"timestep_spacing='trailing' with sampler\.steps=7"):
+        pipeline_sampler(Sampler("ddim", 7), spec)
+    assert pipeline_sampler(Sampler("ddim", 8), spec).grid == "trailing"
+    assert pipeline_sampler(Sampler("ddim", 7, grid="trailing"), spec).grid == "trailing"
+    assert pipeline_sampler(Sampler("ddpm", 7), spec).grid == "trailing"  # DDPM steps by index

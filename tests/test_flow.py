@@ -227,3 +227,65 @@ def test_flow_loss_with_logit_normal_law_is_sd3_weighting():
     widths = torch.diff(flow_time(law.icdf(torch.linspace(0, 1, 257, dtype=torch.float64))))
     quadrature = (pi_ln * widths * per_sample_sd3(sigma_law.float().double())).sum()
     torch.testing.assert_close(expected_law, quadrature, rtol=2e-3, atol=0)
+
+
+def sd3_shifted_time(t: float, shift: float) -> float:
+    """SD3's timestep shift (Esser et al. 2024, sec. 5.3.2): t' = shift t / (1 + (shift - 1) t)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+@pytest.mark.parametrize(
+    "law", [LogitNormalLaw(), UniformTLaw()], ids=["logit_normal", "uniform_t"]
+)
+def test_laws_over_t_take_the_schedules_shift_as_sd3_does(law, shift):
+    """SD3 (sec. 3.1 and 5.3.2) and the trainers built on it (diffusers' train_dreambooth_sd3:
+    ``compute_density_for_timestep_sampling``, then the shifted scheduler sigmas) draw t from the
+    law and then shift it: the median of logit-normal(0, 1) (and of uniform t on a range symmetric
+    about 1/2) moves from t = 1/2 to shift / (1 + shift)."""
+    schedule = RectifiedFlowSchedule(shift=shift)
+    median = sd3_shifted_time(0.5, shift)
+    sigma_median = torch.tensor([flow_sigma(torch.tensor(median, dtype=torch.float64)).item()])
+    assert law.quantile(schedule, sigma_median).item() == pytest.approx(0.5, abs=1e-6)
+    n = 100_000
+    t = flow_time(law.sample(schedule, n, generator=torch.Generator().manual_seed(8)).double())
+    # The sample median's standard deviation is 1 / (2 f(median) sqrt(n)): below 1.3e-3 in t
+    # for both laws (density in t >= 1/1.0 at the median for uniform, logit-normal's 1.6 / t(1-t)).
+    assert t.median().item() == pytest.approx(median, abs=6e-3)
+    # Every draw is the unshifted law's draw shifted: inside the schedule's shifted range.
+    assert t.min() >= flow_time(torch.tensor(schedule.sigma_min)) - 1e-6
+    assert t.max() <= flow_time(torch.tensor(schedule.sigma_max)) + 1e-6
+
+
+def test_edm_log_normal_law_is_over_sigma_and_takes_no_shift():
+    """EDM's law is over sigma itself, not over t: a flow schedule's shift does not move it."""
+    law = LogNormalLaw(0.0, 1.0)
+    plain, shifted = RectifiedFlowSchedule(), RectifiedFlowSchedule(shift=3.0)
+    one = torch.tensor([1.0])
+    assert law.quantile(plain, one).item() == pytest.approx(0.5, abs=1e-6)
+    assert law.quantile(shifted, one).item() == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_flow_objective_with_shift_trains_under_the_shifted_logit_normal_law(tmp_path):
+    """The command a user types: ``python src/train.py objective=flow schedule.shift=3``; the
+    module rebuilt from its checkpoint draws training t with median 3 * 0.5 / (1 + 2 * 0.5)."""
+    from difforge.training.build import module_from_checkpoint
+    from helpers import QUICK_TRAIN, assert_ok, run_cli
+
+    result = run_cli(
+        "train",
+        *QUICK_TRAIN,
+        "objective=flow",
+        "schedule.shift=3",
+        "data=gmm1d",
+        "model=mlp",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert_ok(result)
+    module, _ = module_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    sigma = module.noise_law.sample(
+        module.schedule, 100_000, generator=torch.Generator().manual_seed(9)
+    )
+    t = flow_time(sigma.double())
+    assert t.median().item() == pytest.approx(sd3_shifted_time(0.5, 3.0), abs=6e-3)

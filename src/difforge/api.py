@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from difforge.diffusion.guidance import check_guidance
 from difforge.diffusion.samplers import Sampler
 from difforge.errors import DifforgeError
 from difforge.training.module import DiffusionModule
@@ -64,6 +65,7 @@ class Model:
         class_labels: Tensor | None = None,
         batch_size: int = 256,
         use_ema: bool = True,
+        guidance_scale: float | None = None,
         **options: Any,
     ) -> Tensor:
         """``n`` samples ``(n, *data_shape)`` (images in [-1, 1]), float32 on the CPU.
@@ -71,7 +73,9 @@ class Model:
         ``sampler``, ``steps``, ``grid`` and ``**options`` build a
         :class:`~difforge.diffusion.samplers.Sampler` (``eta=...``, ``S_churn=...``);
         ``seed`` seeds the generator; ``noise`` ``(n, *data_shape)`` gives the standard-normal
-        starting draws instead (diffusers' ``latents``).
+        starting draws instead (diffusers' ``latents``). ``guidance_scale``: classifier-free
+        guidance w for this call (None: the checkpoint's). Raises ValueError for guidance on an
+        unconditional model or on one trained without label dropout (``module.class_dropout=0``).
         """
         built = Sampler(sampler, steps, grid=grid, **options)
         generator = torch.Generator(self.device).manual_seed(int(seed))
@@ -82,15 +86,21 @@ class Model:
                 raise DifforgeError(
                     f"noise has shape {tuple(draws.shape)}, expected {(n, *self.data_shape)}"
                 )
-        return self.module.generate(
-            n,
-            sampler=built,
-            generator=generator,
-            batch_size=batch_size,
-            class_labels=class_labels,
-            use_ema=use_ema,
-            noise=draws,
-        ).samples
+        previous = self.module.guidance_scale
+        if guidance_scale is not None:
+            self.module.guidance_scale = check_guidance(self.num_classes, guidance_scale)
+        try:
+            return self.module.generate(
+                n,
+                sampler=built,
+                generator=generator,
+                batch_size=batch_size,
+                class_labels=class_labels,
+                use_ema=use_ema,
+                noise=draws,
+            ).samples
+        finally:
+            self.module.guidance_scale = previous
 
     def evaluate(
         self,

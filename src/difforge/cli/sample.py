@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from difforge.cli.common import output_dir, print_config
 from difforge.data.mixtures import known_mixture
 from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
-from difforge.diffusion.guidance import check_guidance_scale
+from difforge.diffusion.guidance import check_guidance_scale, check_guidance_trained
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import EDMSchedule
 from difforge.errors import DifforgeError
@@ -155,6 +155,7 @@ def load_model(
                 f"{cfg.ckpt_path} is unconditional (model.num_classes=0)"
             )
         module.guidance_scale = guidance_scale
+    check_guidance_trained(module.guidance_scale, module.class_dropout)
     module.to(device)
     print_config(cfg, train_cfg.get("choices"))  # checkpoints from before 2026-11-30 have none
     return module, known_mixture(train_cfg.data), train_cfg

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
+from difforge.diffusion.guidance import check_guidance_trained
 from difforge.errors import DifforgeError
 from difforge.training.build import (
     build_module,
@@ -320,6 +321,7 @@ def train(cfg: DictConfig) -> float | None:
     }
     check_classes_fit_data(cfg)
     module = build_module(cfg, tuple(datamodule.data_shape), run)  # type: ignore[attr-defined]
+    check_guidance_trained(module.guidance_scale, module.class_dropout, "module.guidance_scale")
     callbacks = instantiate_list(cfg.get("callbacks"))
     check_inception_weights(cfg, datamodule, callbacks)
     loggers = instantiate_list(cfg.get("logger"))

@@ -45,6 +45,22 @@ def check_guidance(num_classes: int, guidance_scale: object, key: str = "guidanc
     return scale
 
 
+def check_guidance_trained(
+    guidance_scale: float, class_dropout: float, key: str = "guidance_scale"
+) -> None:
+    """Raises ValueError (naming ``key``) for guidance (w != 1) on a model trained without label
+    dropout. The unconditional branch ``D(x, sigma, null)`` of eq. 6 is learned only from the
+    labels training replaces by the null label (Ho & Salimans 2022, algorithm 1, ``p_uncond``);
+    with ``class_dropout = 0`` it is an untrained embedding, and guidance extrapolates from it
+    (on gmm1d at w = 3 the W1 to the requested class grows from 1.4 to 10)."""
+    if guidance_scale != 1.0 and class_dropout == 0.0:
+        raise ValueError(
+            f"{key}={guidance_scale:g} needs an unconditional branch, and this model is trained "
+            "with module.class_dropout=0 (its null label never trained): train with "
+            "module.class_dropout > 0 (Ho & Salimans 2022: 0.1 or 0.2), or use guidance_scale=1"
+        )
+
+
 class ClassifierFreeGuidance(DenoiserWrapper):
     def __init__(self, denoiser: nn.Module, guidance_scale: float) -> None:
         super().__init__(denoiser)

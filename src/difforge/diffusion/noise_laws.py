@@ -7,12 +7,21 @@ time ``t = sigma / (1 + sigma)`` (``difforge.diffusion.schedules.flow_time``).
 - ``schedule``: the schedule's own law (``schedule.sample_training_sigmas``), the default; a run
   without ``noise_law`` draws exactly the same sigmas (same RNG calls) as before the group existed.
 - ``discrete_t``: t uniform on a discrete schedule's own timesteps (DDPM algorithm 1).
-- ``uniform_t``: t ~ U(0, 1) (rectified flow, Liu et al. 2023), i.e. CDF ``F(sigma) = t``.
+- ``uniform_t``: t ~ U(0, 1) (rectified flow, Liu et al. 2023), i.e. CDF ``F(sigma) = t``, then
+  shifted (below).
 - ``log_normal``: ``ln sigma ~ N(P_mean, P_std^2)`` (EDM, Karras et al. 2022, table 1).
 - ``logit_normal``: ``logit t ~ N(m, s^2)`` (SD3, Esser et al. 2024, sec. 3.1, eq. 19). Since
   ``logit t = ln(t / (1 - t)) = ln sigma`` this is the log-normal law of sigma with
   ``P_mean = m, P_std = s``: SD3's density in t, ``pi_ln(t) = exp(-(logit t - m)^2 / (2 s^2)) /
-  (s sqrt(2 pi) t (1 - t))``, is the same law written in t.
+  (s sqrt(2 pi) t (1 - t))``, is the same law written in t; then shifted (below).
+
+The laws over t (``uniform_t``, ``logit_normal``) take a rectified-flow schedule's ``shift`` as SD3
+does (Esser et al. 2024, sec. 5.3.2: t is drawn from the law, then shifted,
+``t' = shift t / (1 + (shift - 1) t)``, i.e. ``sigma' = shift sigma``), as do the trainers built on
+it (diffusers' ``train_dreambooth_sd3``: ``compute_density_for_timestep_sampling``, then the
+scheduler's shifted sigmas): the training law and the ``flow`` sampling grid move together. With
+``shift = 3`` the median t of logit-normal(0, 1) is 0.75, not 0.5. ``log_normal`` is EDM's law
+over sigma itself and takes no shift.
 
 Continuous laws are truncated to the schedule's ``[sigma_min, sigma_max]`` by inverse-CDF sampling
 (``u ~ U(F(sigma_min), F(sigma_max))``, ``sigma = F^-1(u)``), so no level falls outside what the
@@ -104,7 +113,10 @@ class DiscreteTLaw(NoiseLaw):
 
 
 class ContinuousLaw(NoiseLaw):
-    """A law given by its CDF ``F(sigma)`` and inverse, truncated to the schedule's range."""
+    """A law given by its CDF ``F(sigma)`` and inverse, truncated to the schedule's range; a law
+    over t (``over_t``) draws the unshifted sigma and multiplies it by the schedule's ``shift``."""
+
+    over_t = False
 
     def cdf(self, sigma: Tensor) -> Tensor:
         raise NotImplementedError
@@ -112,9 +124,13 @@ class ContinuousLaw(NoiseLaw):
     def icdf(self, u: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def shift(self, schedule: NoiseSchedule) -> float:
+        """SD3's ``sigma' = shift sigma`` for a law over t on a shifted schedule, else 1."""
+        return float(getattr(schedule, "shift", 1.0)) if self.over_t else 1.0
+
     def _range(self, schedule: NoiseSchedule) -> tuple[Tensor, Tensor]:
         bounds = torch.tensor([schedule.sigma_min, schedule.sigma_max], dtype=torch.float64)
-        low, high = self.cdf(bounds)
+        low, high = self.cdf(bounds / self.shift(schedule))
         return low, high
 
     def _draw(
@@ -122,11 +138,13 @@ class ContinuousLaw(NoiseLaw):
     ) -> Tensor:
         low, high = self._range(schedule)
         u = low + (high - low) * torch.rand(batch_size, generator=generator, dtype=torch.float64)
-        return self.icdf(u).clamp(schedule.sigma_min, schedule.sigma_max)
+        sigma = self.shift(schedule) * self.icdf(u)
+        return sigma.clamp(schedule.sigma_min, schedule.sigma_max)
 
     def quantile(self, schedule: NoiseSchedule, sigma: Tensor) -> Tensor:
         low, high = self._range(schedule)
-        u = self.cdf(sigma.detach().to(device="cpu", dtype=torch.float64))
+        unshifted = sigma.detach().to(device="cpu", dtype=torch.float64) / self.shift(schedule)
+        u = self.cdf(unshifted)
         return ((u - low) / (high - low)).clamp(0, 1).to(device=sigma.device, dtype=torch.float32)
 
 
@@ -134,6 +152,7 @@ class UniformTLaw(ContinuousLaw):
     """t = sigma / (1 + sigma) ~ U(0, 1) (Liu et al. 2023; Lipman et al. 2023)."""
 
     name = "uniform_t"
+    over_t = True
 
     def cdf(self, sigma: Tensor) -> Tensor:
         return flow_time(sigma)
@@ -167,6 +186,7 @@ class LogitNormalLaw(LogNormalLaw):
     the log-normal law of sigma with ``P_mean = m``, ``P_std = s`` (see the module docstring)."""
 
     name = "logit_normal"
+    over_t = True
 
     def __init__(self, m: float = 0.0, s: float = 1.0) -> None:
         if not s > 0:

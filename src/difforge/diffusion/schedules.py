@@ -397,7 +397,8 @@ class RectifiedFlowSchedule(NoiseSchedule):
     ``shift`` is SD3's resolution-dependent timestep shift (Esser et al. 2024, sec. 5.3.2, eq. 23):
     ``t' = shift t / (1 + (shift - 1) t)``, which in the VE frame is ``sigma' = shift * sigma``
     (``shift = sqrt(m / n)`` for m pixels against a base resolution of n; SD3 uses 3.0 at 1024^2).
-    It applies to the schedule's own training law and to the ``flow`` sampling grid.
+    It applies to the schedule's own training law, to the laws over t of ``noise_laws``
+    (``uniform_t``, ``logit_normal``: drawn, then shifted, as SD3 trains) and to the ``flow`` grid.
 
     Own training law: t uniform on ``[t_min, t_max]`` (Liu et al. 2023), then shifted; the
     ``noise_law`` group offers the others (logit-normal is SD3's). The network is conditioned on

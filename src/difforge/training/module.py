@@ -16,7 +16,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from difforge.checks import check_flag, check_int, check_optional_flag, check_real
-from difforge.diffusion.guidance import ClassifierFreeGuidance, check_guidance
+from difforge.diffusion.guidance import (
+    ClassifierFreeGuidance,
+    check_guidance,
+    check_guidance_trained,
+)
 from difforge.diffusion.noise_laws import NoiseLaw, ScheduleLaw
 from difforge.diffusion.parameterization import ClippedDenoiser, Denoiser, Parameterization
 from difforge.diffusion.samplers import Sampler, SampleResult
@@ -473,6 +477,7 @@ class DiffusionModule(L.LightningModule):
     def sampling_denoiser(self, use_ema: bool = True) -> nn.Module:
         denoiser: nn.Module = self.ema_denoiser if use_ema else self.denoiser
         if self.num_classes > 0 and self.guidance_scale != 1.0:
+            check_guidance_trained(self.guidance_scale, self.class_dropout)
             denoiser = ClassifierFreeGuidance(denoiser, self.guidance_scale)
         if self.clip_denoised:
             denoiser = ClippedDenoiser(denoiser)
