@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-import struct
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +28,7 @@ from difforge.metrics.images import (
     reference_stats,
 )
 from difforge.training.fid_callback import FIDCallback, gather_rows, rank_slice
-from helpers import random_inception_file
+from helpers import random_inception_file, read_wandb_records
 
 REPO = Path(__file__).resolve().parents[1]
 STATED_TEST_ACCURACY = 0.95  # the digits classifier's claim (it scores 179/180 = 0.9944)
@@ -462,32 +461,6 @@ def test_callback_disables_itself_on_vector_data():
 
 
 # ------------------------------------------------------------------------------------ W&B
-def read_wandb_records(path: Path):
-    """The protobuf records of a ``.wandb`` file: a 7-byte header (``:W&B``, magic, version), then
-    LevelDB-log blocks of 32 KiB, each record a 7-byte header (crc32, length, type) and data."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    offset, block, pending, records = 7, 32768, b"", []
-    while offset + 7 <= len(data):
-        room = block - offset % block
-        if room < 7:
-            offset += room
-            continue
-        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
-        if kind == 0 and length == 0:
-            break
-        chunk = data[offset + 7 : offset + 7 + length]
-        offset += 7 + length
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):  # FULL or LAST
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
-
-
 def test_wandb_logger_offline_run_is_readable(tmp_path, monkeypatch):
     import json
 

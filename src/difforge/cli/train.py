@@ -27,6 +27,7 @@ from difforge.training.build import (
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.config import MODEL_GROUPS, plain_config
 from difforge.training.fid_callback import BestCheckpoint
+from difforge.training.loggers import finishes_wandb_run
 from difforge.training.module import effective_batch_size
 
 log = logging.getLogger("difforge")
@@ -296,6 +297,7 @@ def check_trainer_config(trainer_cfg: DictConfig) -> None:
         raise DifforgeError("trainer.max_steps must be positive (or -1 for no limit), got 0")
 
 
+@finishes_wandb_run
 def train(cfg: DictConfig) -> float | None:
     ckpt_path = resolve_ckpt_path(cfg)
     checkpoint = None

@@ -1,0 +1,104 @@
+"""What a run records, through the front door: one logger run per sweep job, difforge's lines
+once under DDP, and final metrics measured on the final weights at the step they name."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import QUICK_TRAIN, assert_ok, read_wandb_records, run_cli
+
+pytestmark = pytest.mark.slow
+
+# gmm1d for seconds-long runs; every logger at once (W&B offline: run_cli sets WANDB_MODE).
+GMM_ALL_LOGGERS = (
+    *(o for o in QUICK_TRAIN if not o.startswith(("trainer.max_steps", "logger="))),
+    "experiment=gmm1d",
+    "trainer.max_steps=3",
+    "logger=many",
+)
+
+
+def csv_rows(job: Path) -> list[dict[str, str]]:
+    (metrics,) = job.glob("csv/version_*/metrics.csv")
+    with open(metrics) as file:
+        return list(csv.DictReader(file))
+
+
+def csv_values(job: Path, name: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every CSV row that holds ``name``."""
+    return [(int(r["step"]), float(r[name])) for r in csv_rows(job) if r.get(name)]
+
+
+def tensorboard_values(job: Path, name: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (version,) = job.glob("tensorboard/version_*")
+    events = EventAccumulator(str(version))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(name)]
+
+
+def wandb_run(job: Path) -> tuple[str, list[dict], dict]:
+    """The job's one offline W&B run: its id, its history rows and its config."""
+    runs = sorted(job.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, f"{job}: {runs}"
+    records = read_wandb_records(runs[0])
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    history = [
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    config = {
+        item.key: json.loads(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for item in r.config.update
+    }
+    return run.run_id, history, config
+
+
+# --- one logger run per sweep job -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        ("seed=1,2",),
+        ("hparams_search=optuna", "hydra.sweeper.n_trials=2"),
+        ("seed=1,2", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"),
+    ],
+    ids=["basic", "optuna", "submitit_local"],
+)
+def test_every_sweep_job_gets_its_own_wandb_tensorboard_and_csv_run(sweep, tmp_path):
+    """Before: in a basic or Optuna sweep (jobs in one process) every job after the first logged
+    into the first job's W&B run, and its own ``wandb/`` held no run."""
+    result = run_cli("train", "-m", *GMM_ALL_LOGGERS, *sweep, f"hydra.sweep.dir={tmp_path}")
+    assert_ok(result)
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 2
+    ids = set()
+    for job in jobs:
+        run_id, history, config = wandb_run(job)
+        ids.add(run_id)
+        job_config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        assert config["seed"] == job_config["seed"]
+        assert config["module"]["lr"] == job_config["module"]["lr"]
+        val_loss = csv_values(job, "val/loss")
+        assert len(val_loss) == 1
+        wandb_val = [
+            (row["trainer/global_step"], row["val/loss"]) for row in history if "val/loss" in row
+        ]
+        assert wandb_val == val_loss
+        board = tensorboard_values(job, "val/loss")
+        assert [step for step, _ in board] == [step for step, _ in val_loss]
+        assert [value for _, value in board] == pytest.approx([v for _, v in val_loss], rel=1e-6)
+    assert len(ids) == 2
+    # The jobs measured different things (seeds or learning rates), so a shared run would show.
+    assert csv_values(jobs[0], "val/loss") != csv_values(jobs[1], "val/loss")
