@@ -102,3 +102,36 @@ def test_every_sweep_job_gets_its_own_wandb_tensorboard_and_csv_run(sweep, tmp_p
     assert len(ids) == 2
     # The jobs measured different things (seeds or learning rates), so a shared run would show.
     assert csv_values(jobs[0], "val/loss") != csv_values(jobs[1], "val/loss")
+
+
+# --- difforge's lines once under DDP ------------------------------------------------------------
+def test_a_two_process_ddp_run_prints_difforges_lines_once(tmp_path):
+    """Before: every DDP rank printed the config line, the W&B line, the effective batch size,
+    the CPU-processes warning, the run directory and difforge's Python warnings."""
+    result = run_cli(
+        "train",
+        *(o for o in GMM_ALL_LOGGERS if o != "logger=many"),
+        "logger=wandb",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        # a schedule whose q(x_T) keeps the data: difforge's own Python warning
+        "schedule.num_timesteps=100",
+        "schedule.scale_to_num_timesteps=false",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert_ok(result)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert any("GLOBAL_RANK: 1" in line for line in lines)  # two processes did run
+    for fragment in (
+        "[difforge][INFO] - config: ",
+        "W&B runs offline into",
+        "effective batch size 1024 (per device 512 x 2 devices",
+        "2 training processes will share",
+        "schedule linear: abar_T = ",
+        "run directory: ",
+    ):
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+    # the run's log file, which every rank appends to, says each once too
+    log_file = (tmp_path / "train.log").read_text()
+    assert log_file.count("effective batch size") == 1
