@@ -532,14 +532,25 @@ def test_feature_input_has_num_features():
 
 
 def test_callback_schedule_by_epochs_or_steps():
-    def trainer(step, epoch, sanity=False):
-        return SimpleNamespace(global_step=step, current_epoch=epoch, sanity_checking=sanity)
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    def trainer(step, epoch, sanity=False, max_steps=-1, fn=TrainerFn.FITTING):
+        return SimpleNamespace(
+            global_step=step,
+            current_epoch=epoch,
+            sanity_checking=sanity,
+            max_steps=max_steps,
+            state=SimpleNamespace(fn=fn),
+        )
 
     by_steps = FIDCallback(every_n_steps=100)
     assert not by_steps.should_evaluate(trainer(0, 0, sanity=True))
     assert by_steps.should_evaluate(trainer(30, 0))  # the first validation of a fit
     by_steps.last_step = 30
     assert not by_steps.should_evaluate(trainer(90, 1))
+    assert by_steps.should_evaluate(trainer(90, 1, max_steps=90))  # the fit's last step
+    assert by_steps.should_evaluate(trainer(90, 1, fn=TrainerFn.VALIDATING))  # after the fit
+    assert not by_steps.should_evaluate(trainer(30, 1, fn=TrainerFn.VALIDATING))  # evaluated
     assert by_steps.should_evaluate(trainer(130, 2))
     by_epochs = FIDCallback(every_n_epochs=2)
     by_epochs.last_step = 10

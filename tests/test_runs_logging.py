@@ -135,3 +135,43 @@ def test_a_two_process_ddp_run_prints_difforges_lines_once(tmp_path):
     # the run's log file, which every rank appends to, says each once too
     log_file = (tmp_path / "train.log").read_text()
     assert log_file.count("effective batch size") == 1
+
+
+# --- a run's metrics are its final weights' ---------------------------------------------------
+@pytest.mark.parametrize(
+    "max_steps, fid_steps",
+    [(7, [3, 6, 7]), (6, [3, 6])],
+    ids=["interval-does-not-divide", "last-validation-at-the-end"],
+)
+def test_final_metrics_are_measured_on_the_final_weights_at_the_step_they_name(
+    max_steps, fid_steps, tmp_path
+):
+    """Before: with the FID every 3 steps and 7 steps, ``final_metrics.json`` gave the FID and
+    validation loss of step 6 beside a ``last.ckpt`` of step 7, and named no step. A run whose
+    last validation falls on its last step is not validated twice."""
+    result = run_cli(
+        "train",
+        *(o for o in QUICK_TRAIN if not o.startswith("trainer.max_steps")),
+        f"trainer.max_steps={max_steps}",
+        "trainer.val_check_interval=3",
+        "callbacks.fid.every_n_steps=3",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert_ok(result)
+    import torch
+
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == max_steps
+    summary = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert summary["global_step"] == max_steps
+    # The logged metrics: one FID row per evaluation, each at its step; the final one is the
+    # value in final_metrics.json.
+    fids = csv_values(tmp_path, "val/fid")
+    assert [step for step, _ in fids] == fid_steps
+    assert fids[-1][1] == pytest.approx(summary["metrics"]["val/fid"], rel=1e-6)
+    assert [step for step, _ in csv_values(tmp_path, "val/loss")] == [3, 6, 7][: len(fid_steps)]
+    for name in ("val/fid", "val/kid", "val/class_coverage", "val/loss"):
+        assert summary["metric_steps"][name] == max_steps, summary["metric_steps"]
+    assert summary["metric_steps"]["train/loss"] == max_steps - 1  # logged before the last update
+    output = result.stdout + result.stderr
+    assert [output.count(f"step {step}: FID") for step in fid_steps] == [1] * len(fid_steps)
