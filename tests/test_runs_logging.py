@@ -155,10 +155,15 @@ def test_final_metrics_are_measured_on_the_final_weights_at_the_step_they_name(
         f"trainer.max_steps={max_steps}",
         "trainer.val_check_interval=3",
         "callbacks.fid.every_n_steps=3",
+        "callbacks.model_checkpoint.save_top_k=-1",  # step_<step>.ckpt every 3 steps
         f"hydra.run.dir={tmp_path}",
     )
     assert_ok(result)
     import torch
+
+    # the step a validation logs names its own rows only, never a later checkpoint
+    periodic = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.ckpt"))
+    assert periodic == [f"step_{step:07d}.ckpt" for step in (3, 6)]
 
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == max_steps
@@ -175,3 +180,6 @@ def test_final_metrics_are_measured_on_the_final_weights_at_the_step_they_name(
     assert summary["metric_steps"]["train/loss"] == max_steps - 1  # logged before the last update
     output = result.stdout + result.stderr
     assert [output.count(f"step {step}: FID") for step in fid_steps] == [1] * len(fid_steps)
+    # best.ckpt: the weights of the lowest FID, the final evaluation's included
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] == min(fids, key=lambda row: row[1])[0]

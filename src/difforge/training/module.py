@@ -438,7 +438,11 @@ class DiffusionModule(L.LightningModule):
         self._training_rng = (torch.get_rng_state(), cuda)
 
     def on_validation_end(self) -> None:
-        # Module hooks run after the callbacks' (FID draws its samples in on_validation_end).
+        # The logged "step" names this validation's row only: left among the callback metrics,
+        # it would name a later checkpoint ("{step}" in a filename) with this step. Module hooks
+        # run after the callbacks' (a checkpoint saved here still reads it, rightly).
+        self.trainer.callback_metrics.pop(STEP_METRIC, None)
+        # (FID draws its samples in on_validation_end.)
         state = getattr(self, "_training_rng", None)
         if state is not None:
             torch.set_rng_state(state[0])
