@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from helpers import QUICK_TRAIN, assert_ok, read_wandb_records, run_cli
@@ -159,8 +160,6 @@ def test_final_metrics_are_measured_on_the_final_weights_at_the_step_they_name(
         f"hydra.run.dir={tmp_path}",
     )
     assert_ok(result)
-    import torch
-
     # the step a validation logs names its own rows only, never a later checkpoint
     periodic = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.ckpt"))
     assert periodic == [f"step_{step:07d}.ckpt" for step in (3, 6)]
