@@ -6,6 +6,7 @@ import json
 import math
 import os
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -164,3 +165,29 @@ def single_and_two_gloo_ranks(
         return json.loads((out_dir / f"world{world}_rank{rank}.json").read_text())
 
     return read(1, 0), [read(2, rank) for rank in (0, 1)]
+
+
+def read_wandb_records(path: Path):
+    """The protobuf records of a ``.wandb`` file: a 7-byte header (``:W&B``, magic, version), then
+    LevelDB-log blocks of 32 KiB, each record a 7-byte header (crc32, length, type) and data."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    offset, block, pending, records = 7, 32768, b"", []
+    while offset + 7 <= len(data):
+        room = block - offset % block
+        if room < 7:
+            offset += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        if kind == 0 and length == 0:
+            break
+        chunk = data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records

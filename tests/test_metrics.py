@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-import struct
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +28,7 @@ from difforge.metrics.images import (
     reference_stats,
 )
 from difforge.training.fid_callback import FIDCallback, gather_rows, rank_slice
-from helpers import random_inception_file
+from helpers import random_inception_file, read_wandb_records
 
 REPO = Path(__file__).resolve().parents[1]
 STATED_TEST_ACCURACY = 0.95  # the digits classifier's claim (it scores 179/180 = 0.9944)
@@ -462,32 +461,6 @@ def test_callback_disables_itself_on_vector_data():
 
 
 # ------------------------------------------------------------------------------------ W&B
-def read_wandb_records(path: Path):
-    """The protobuf records of a ``.wandb`` file: a 7-byte header (``:W&B``, magic, version), then
-    LevelDB-log blocks of 32 KiB, each record a 7-byte header (crc32, length, type) and data."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    offset, block, pending, records = 7, 32768, b"", []
-    while offset + 7 <= len(data):
-        room = block - offset % block
-        if room < 7:
-            offset += room
-            continue
-        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
-        if kind == 0 and length == 0:
-            break
-        chunk = data[offset + 7 : offset + 7 + length]
-        offset += 7 + length
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):  # FULL or LAST
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
-
-
 def test_wandb_logger_offline_run_is_readable(tmp_path, monkeypatch):
     import json
 
@@ -559,14 +532,25 @@ def test_feature_input_has_num_features():
 
 
 def test_callback_schedule_by_epochs_or_steps():
-    def trainer(step, epoch, sanity=False):
-        return SimpleNamespace(global_step=step, current_epoch=epoch, sanity_checking=sanity)
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    def trainer(step, epoch, sanity=False, max_steps=-1, fn=TrainerFn.FITTING):
+        return SimpleNamespace(
+            global_step=step,
+            current_epoch=epoch,
+            sanity_checking=sanity,
+            max_steps=max_steps,
+            state=SimpleNamespace(fn=fn),
+        )
 
     by_steps = FIDCallback(every_n_steps=100)
     assert not by_steps.should_evaluate(trainer(0, 0, sanity=True))
     assert by_steps.should_evaluate(trainer(30, 0))  # the first validation of a fit
     by_steps.last_step = 30
     assert not by_steps.should_evaluate(trainer(90, 1))
+    assert by_steps.should_evaluate(trainer(90, 1, max_steps=90))  # the fit's last step
+    assert by_steps.should_evaluate(trainer(90, 1, fn=TrainerFn.VALIDATING))  # after the fit
+    assert not by_steps.should_evaluate(trainer(30, 1, fn=TrainerFn.VALIDATING))  # evaluated
     assert by_steps.should_evaluate(trainer(130, 2))
     by_epochs = FIDCallback(every_n_epochs=2)
     by_epochs.last_step = 10

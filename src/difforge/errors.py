@@ -1,4 +1,5 @@
-"""Errors difforge raises for bad input: the entry points print them as one line and exit 1."""
+"""Errors difforge raises for bad input: the entry points print them as one line and exit 1; and
+the category of difforge's own warnings."""
 
 
 class DifforgeError(Exception):
@@ -11,3 +12,8 @@ class CheckpointError(DifforgeError):
 
 class DataError(DifforgeError):
     """Data that cannot be used: missing, empty, unreadable or of the wrong shape."""
+
+
+class DifforgeWarning(UserWarning):
+    """A warning of difforge's own (a setting that works but may not do what was meant): the
+    entry points show it on global rank 0 only."""

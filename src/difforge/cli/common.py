@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from difforge.errors import DifforgeError
+from difforge.errors import DifforgeError, DifforgeWarning
 
 log = logging.getLogger("difforge")
 T = TypeVar("T")
@@ -69,6 +69,7 @@ def run_command(command: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     after the full traceback with ``traceback=true``. Bugs, and every error under
     ``HYDRA_FULL_ERROR=1``, propagate with their traceback."""
     quiet_third_party()
+    rank_zero_output()
     try:
         return command(cfg)
     except Exception as error:
@@ -116,6 +117,32 @@ def quiet_third_party() -> None:
         for handler in list(lightning.handlers):
             if type(handler) is logging.StreamHandler:
                 lightning.removeHandler(handler)
+
+
+def global_rank() -> int:
+    """This process's global rank as Lightning keeps it (``rank_zero_only.rank``: read from the
+    launcher's environment when lightning is imported, set again by the strategy); 0 before."""
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+class _RankZeroOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return global_rank() == 0
+
+
+_RANK_ZERO_ONLY = _RankZeroOnly()
+
+
+def rank_zero_output() -> None:
+    """difforge's lines once per run, not once per DDP process (as lightning-hydra-template's
+    ``RankedLogger``): the ``difforge`` logger's records pass on global rank 0 only (decided per
+    record, so a rank the strategy sets later counts), and ``DifforgeWarning``s are ignored on the
+    other ranks. Idempotent."""
+    logging.getLogger("difforge").addFilter(_RANK_ZERO_ONLY)
+    if global_rank() != 0:
+        warnings.simplefilter("ignore", DifforgeWarning)
 
 
 # Config groups left out of the one-line summary: the same in every run.

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from torch import Tensor
 
 from difforge.cli.common import instantiate_list, output_dir, print_config
 from difforge.diffusion.guidance import check_guidance_trained
@@ -28,7 +30,8 @@ from difforge.training.build import (
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.config import MODEL_GROUPS, plain_config
 from difforge.training.fid_callback import BestCheckpoint
-from difforge.training.module import effective_batch_size
+from difforge.training.loggers import finishes_wandb_run
+from difforge.training.module import STEP_METRIC, DiffusionModule, effective_batch_size
 
 log = logging.getLogger("difforge")
 
@@ -297,6 +300,7 @@ def check_trainer_config(trainer_cfg: DictConfig) -> None:
         raise DifforgeError("trainer.max_steps must be positive (or -1 for no limit), got 0")
 
 
+@finishes_wandb_run
 def train(cfg: DictConfig) -> float | None:
     ckpt_path = resolve_ckpt_path(cfg)
     checkpoint = None
@@ -364,10 +368,14 @@ def train(cfg: DictConfig) -> float | None:
                 output_dir(),
             )
             return None
+        metrics = validate_final_weights(trainer, module, datamodule)
+    else:
+        metrics = dict(trainer.callback_metrics)
     if cfg.get("test", False):
         trainer.test(module, datamodule=datamodule)
-    value = optimized_value(trainer, module, datamodule, cfg)
-    write_final_metrics(trainer, cfg)
+        metrics.update(trainer.callback_metrics)
+    value = optimized_value(metrics, cfg)
+    write_final_metrics(trainer, module, metrics, cfg)
     log.info("run directory: %s", output_dir())
     return value
 
@@ -403,43 +411,60 @@ def stored_optimized_value(cfg: DictConfig, ckpt_path: Path) -> float | None:
     return None if value is None else float(value)
 
 
-def optimized_value(
-    trainer: L.Trainer,
-    module: L.LightningModule,
-    datamodule: L.LightningDataModule,
-    cfg: DictConfig,
-) -> float | None:
-    """The value of ``optimized_metric`` at the end of the run, for sweepers. A run that ended
-    before its first validation (shorter than an epoch) validates once now."""
+def validate_final_weights(
+    trainer: L.Trainer, module: DiffusionModule, datamodule: L.LightningDataModule
+) -> dict[str, Tensor]:
+    """Validate once more after ``fit`` unless every validation metric (FID included) was
+    measured at the last step, so that a run's metrics are those of its final weights (the FID
+    callback evaluates in this validation; a run shorter than an epoch gets its first one here);
+    ``BestCheckpoint`` keeps the result if it is among the best. Returns every metric of the
+    run, the fit's with the final validation's on top (a validation starts Lightning's
+    ``callback_metrics`` afresh)."""
+    metrics = dict(trainer.callback_metrics)
+    steps = {name: step for name, step in module.metric_steps.items() if name.startswith("val/")}
+    if steps and all(step == trainer.global_step for step in steps.values()):
+        return metrics
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, BestCheckpoint):
+            callback.save_after_fit(trainer)
+    return {**metrics, **trainer.callback_metrics}
+
+
+def optimized_value(metrics: Mapping[str, Tensor], cfg: DictConfig) -> float | None:
+    """The value of ``optimized_metric`` among the run's final ``metrics``, for sweepers (the
+    final weights' after :func:`validate_final_weights`)."""
     name = cfg.get("optimized_metric")
     if name is None or not cfg.get("train", True):
-        value = trainer.callback_metrics.get(name) if name else None
+        value = metrics.get(name) if name else None
         return None if value is None else float(value)
-    if name not in trainer.callback_metrics:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(callback, BestCheckpoint):
-                callback.save_after_fit(trainer)
-    if name not in trainer.callback_metrics:
-        logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+    if name not in metrics:
+        logged = ", ".join(sorted(metrics)) or "none"
         raise DifforgeError(
             f"optimized_metric={name} was not logged by this run (logged: {logged}); "
             "choose one of those (val/fid needs image data and callbacks.fid)"
         )
-    return float(trainer.callback_metrics[name])
+    return float(metrics[name])
 
 
-def write_final_metrics(trainer: L.Trainer, cfg: DictConfig) -> None:
-    """``final_metrics.json``: the last value of every logged metric and the config choices, for
-    sweep summaries (``scripts/summarize_sweep.py``)."""
+def write_final_metrics(
+    trainer: L.Trainer, module: DiffusionModule, metrics: Mapping[str, Tensor], cfg: DictConfig
+) -> None:
+    """``final_metrics.json``: the last value of every logged metric, the global step of the
+    weights each one measured (``metric_steps``), and the config choices, for sweep summaries
+    (``scripts/summarize_sweep.py``)."""
     if trainer.global_rank != 0:
         return
     choices = dict(HydraConfig.get().runtime.choices)
+    values = {
+        key: float(value)
+        for key, value in metrics.items()
+        if value.numel() == 1 and key != STEP_METRIC
+    }
     summary = {
-        "metrics": {
-            key: float(value)
-            for key, value in trainer.callback_metrics.items()
-            if value.numel() == 1
+        "metrics": values,
+        "metric_steps": {
+            key: module.metric_steps[key] for key in values if key in module.metric_steps
         },
         "choices": {
             key: value

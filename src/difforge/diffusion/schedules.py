@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from difforge.checks import check_int
+from difforge.errors import DifforgeWarning
 
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021, sec. 3.2: clip betas to avoid singularities near t = T
 
@@ -43,6 +44,7 @@ def check_terminal_noise(name: str, alpha_bar_T: float) -> None:
             f"schedule {name}: abar_T = {alpha_bar_T:.4g} > {MAX_TERMINAL_ALPHA_BAR:g}, so q(x_T) still "
             f"holds sqrt(abar_T) = {math.sqrt(alpha_bar_T):.3g} of the data and sampling from N(0, I) "
             "is biased; use more timesteps or a larger beta_end/sigma_max",
+            DifforgeWarning,
             stacklevel=3,
         )
 

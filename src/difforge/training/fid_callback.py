@@ -1,7 +1,9 @@
 """The FID callback: FID/KID of EMA samples during training, correct under DDP.
 
 At the end of a validation epoch (never during the sanity check), on the first validation of a
-fit and then every ``every_n_epochs`` epochs or ``every_n_steps`` optimizer steps:
+fit, then every ``every_n_epochs`` epochs or ``every_n_steps`` optimizer steps, and on the final
+weights: at a validation of the fit's last step (``trainer.max_steps``) or one run after the fit
+(``train.py`` validates the final weights when no validation fell on the last step):
 
 1. each rank draws its share of ``num_samples`` (``M // W``, the first ``M % W`` ranks one more)
    with ``pl_module.generate`` (EMA weights), a rank-specific seed and, for a conditional model,
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
@@ -230,6 +233,8 @@ class FIDCallback(Callback):
             return True
         if trainer.global_step == self.last_step:
             return False
+        if trainer.state.fn != TrainerFn.FITTING or 0 < trainer.max_steps <= trainer.global_step:
+            return True  # the final weights: a validation after the fit, or at its last step
         if self.every_n_steps is not None:
             return trainer.global_step - self.last_step >= self.every_n_steps
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0  # type: ignore[operator]
@@ -332,8 +337,9 @@ class BestCheckpoint(ModelCheckpoint):
         super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def save_after_fit(self, trainer: L.Trainer) -> None:
-        """A run shorter than its first validation validates once after ``fit`` (train.py),
-        where Lightning saves no top-k checkpoint: keep that result as the best one too."""
-        if self.best_model_path or self.monitor not in trainer.callback_metrics:
+        """The validation of the final weights that ``train.py`` runs after ``fit`` (when none
+        fell on the last step), where Lightning saves no top-k checkpoint: keep its result if it
+        is among the best."""
+        if self.monitor not in trainer.callback_metrics:
             return
         self._save_topk_checkpoint(trainer, dict(trainer.callback_metrics))

@@ -5,17 +5,23 @@
 ``<save_dir>/wandb/offline-run-*`` (upload later with ``wandb sync <that folder>``).
 ``WANDB_MODE=offline``/``dryrun`` forces offline, ``WANDB_MODE=disabled`` is left to wandb.
 ``offline: true/false`` in the config overrides the guess.
+
+``finishes_wandb_run`` closes the process's W&B run when a job ends, so that every job of a sweep
+run in one process (Hydra's basic launcher, Optuna) gets its own run.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("difforge")
+T = TypeVar("T")
 
 ONLINE_MODES = ("online", "run")
 OFFLINE_MODES = ("offline", "dryrun")
@@ -78,3 +84,29 @@ def wandb_logger(
     if logger._wandb_init.get("anonymous", 0) is None:
         del logger._wandb_init["anonymous"]
     return logger
+
+
+def finish_wandb_run(exit_code: int) -> None:
+    """Finish this process's current W&B run, if one is open (``exit_code`` 0: finished, else
+    failed). Nothing when wandb was never imported."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def finishes_wandb_run(job: Callable[..., T]) -> Callable[..., T]:
+    """``job`` followed by :func:`finish_wandb_run`, however it ends. Lightning's ``WandbLogger``
+    logs into ``wandb.run`` when one is open: without this, every later job of a sweep run in the
+    same process (Hydra's basic launcher, Optuna) would log into the first job's run."""
+
+    @functools.wraps(job)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            result = job(*args, **kwargs)
+        except BaseException:
+            finish_wandb_run(exit_code=1)
+            raise
+        finish_wandb_run(exit_code=0)
+        return result
+
+    return wrapper

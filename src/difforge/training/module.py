@@ -101,6 +101,10 @@ def class_dropout_for(class_dropout: object, num_classes: int) -> float:
     return dropout
 
 
+# Lightning's logger connector takes a logged "step" as the step of the logged row (not a metric).
+STEP_METRIC = "step"
+
+
 class DiffusionModule(L.LightningModule):
     """Trains ``net`` as a denoiser and samples with its EMA weights.
 
@@ -224,6 +228,15 @@ class DiffusionModule(L.LightningModule):
         self._nonfinite = NonfiniteRecorder(max_nonfinite_skips + 1)
         self._flagged_optimizer: torch.optim.Optimizer | None = None
         self.run_config = run_config
+        # Metric name -> the global step of the weights it last measured (see ``log``).
+        self.metric_steps: dict[str, int] = {}
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log``, also recording in ``metric_steps[name]`` the global step at which
+        the value was logged: the step of the weights it measured (callbacks log through here
+        too), written beside the value in ``final_metrics.json``."""
+        super().log(name, value, *args, **kwargs)
+        self.metric_steps[name] = self.global_step
 
     # --- training -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -429,12 +442,22 @@ class DiffusionModule(L.LightningModule):
         self._training_rng = (torch.get_rng_state(), cuda)
 
     def on_validation_end(self) -> None:
-        # Module hooks run after the callbacks' (FID draws its samples in on_validation_end).
+        # The logged "step" names this validation's row only: left among the callback metrics,
+        # it would name a later checkpoint ("{step}" in a filename) with this step. Module hooks
+        # run after the callbacks' (a checkpoint saved here still reads it, rightly).
+        self.trainer.callback_metrics.pop(STEP_METRIC, None)
+        # (FID draws its samples in on_validation_end.)
         state = getattr(self, "_training_rng", None)
         if state is not None:
             torch.set_rng_state(state[0])
             if state[1] is not None:
                 torch.cuda.set_rng_state_all(state[1])
+
+    def on_validation_epoch_end(self) -> None:
+        # Lightning logs a validation inside fit at the step before the optimizer step that
+        # produced the weights (after fit: at that step itself); a logged "step" sets the row's
+        # step, so every validation row is at the global step of the weights it measured.
+        self.log(STEP_METRIC, float(self.global_step), on_step=False, on_epoch=True, sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x0, y = batch
