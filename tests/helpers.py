@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -167,12 +168,28 @@ def single_and_two_gloo_ranks(
     return read(1, 0), [read(2, rank) for rank in (0, 1)]
 
 
-def read_wandb_records(path: Path):
+def read_wandb_records(path: Path, timeout: float = 60.0):
     """The protobuf records of a ``.wandb`` file: a 7-byte header (``:W&B``, magic, version), then
-    LevelDB-log blocks of 32 KiB, each record a 7-byte header (crc32, length, type) and data."""
+    LevelDB-log blocks of 32 KiB, each record a 7-byte header (crc32, length, type) and data.
+
+    wandb's service process writes the file after ``finish()`` returns, slower on a loaded machine:
+    the file is read again until it holds the run record, for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "run" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def _wandb_records(path: Path):
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = path.read_bytes()
+    if len(data) < 7:
+        return []
     assert data[:4] == b":W&B"
     offset, block, pending, records = 7, 32768, b"", []
     while offset + 7 <= len(data):
