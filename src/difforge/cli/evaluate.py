@@ -155,7 +155,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"seeds={cfg.seeds} applies to the reference protocol: give metrics.fid_ref=PATH"
         )
     sampler: Sampler = instantiate(cfg.sampler)
-    model, mixture, train_cfg = load_model(cfg, sampler, device)
+    loaded = load_model(cfg, sampler, device)
+    model, mixture, train_cfg = loaded.module, loaded.mixture, loaded.config
     result, _ = generate(cfg, model, device)
     metrics: dict[str, float] = {
         "nfe": float(result.nfe),
@@ -248,7 +249,7 @@ def evaluate_with_reference(cfg: DictConfig, device: torch.device) -> dict[str, 
     ranks = Ranks.from_environment(device)
     reference = load_reference_file(cfg.metrics.fid_ref)
     sampler: Sampler = instantiate(cfg.sampler)
-    model, _, _ = load_model(cfg, sampler, device)
+    model = load_model(cfg, sampler, device).module
     if isinstance(model, OracleSampling) or len(model.data_shape) != 3:
         raise DifforgeError(
             "metrics.fid_ref needs a trained image model (ckpt_path= or pretrained=)"
