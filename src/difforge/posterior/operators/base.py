@@ -22,9 +22,27 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from difforge.checks import check_real
+
 # The largest d_x for which the dense fallback builds A and its SVD (a 4096 x 4096 float64
 # matrix is 128 MiB; its SVD takes seconds on a CPU).
 DENSE_LIMIT = 4096
+
+
+def check_sigma_y(sigma_y: object) -> float:
+    """The measurement noise standard deviation ``sigma_y`` as a float ``>= 0``; a one-line
+    ValueError otherwise."""
+    return check_real("sigma_y", sigma_y, 0.0)
+
+
+def image_shape(name: str, x_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``x_shape`` as ``(C, H, W)``; ValueError naming operator ``name`` for any other shape."""
+    if len(x_shape) != 3:
+        raise ValueError(
+            f"operator {name} needs images (x_shape (C, H, W)), got x_shape {tuple(x_shape)}"
+        )
+    c, h, w = (int(n) for n in x_shape)
+    return c, h, w
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,15 @@ class LinearOperator:
         self.x_shape = tuple(int(n) for n in x_shape)
         self.d_y = int(d_y)
         self._dense: tuple[Tensor, SVD] | None = None
+        # The options it was built with (set by the registry's builders), for the record.
+        self.options: dict[str, object] = {}
+
+    def configured(self, name: str, **options: object) -> LinearOperator:
+        """Names this operator by its config name and records the ``options`` it was built
+        with (what ``restore.npz`` saves); returns it."""
+        self.name = name
+        self.options = dict(options)
+        return self
 
     @property
     def d_x(self) -> int:
@@ -85,7 +112,12 @@ class LinearOperator:
     def measure(
         self, x: Tensor, sigma_y: float, generator: torch.Generator | None = None
     ) -> Tensor:
-        """``y = A x + sigma_y n``, the noise drawn from ``generator``."""
+        """``y = A x + sigma_y n``, the noise drawn from ``generator``.
+
+        Raises:
+            ValueError: ``sigma_y < 0``.
+        """
+        sigma_y = check_sigma_y(sigma_y)
         y = self.forward(x)
         if sigma_y == 0:
             return y
@@ -144,7 +176,7 @@ class LinearOperator:
         return svd.V(z)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(x_shape={self.x_shape}, d_y={self.d_y})"
+        return f"{type(self).__name__}({self.name}, x_shape={self.x_shape}, d_y={self.d_y})"
 
 
 class DenseOperator(LinearOperator):
