@@ -26,6 +26,8 @@ from difforge.errors import DifforgeError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from difforge.posterior.operators.base import LinearOperator
+    from difforge.posterior.samplers import PosteriorSampler
     from difforge.training.module import DiffusionModule
 
 # The kinds of model ``load`` reads, by what marks them on disk.
@@ -165,6 +167,99 @@ class Model:
             use_ema=use_ema,
             noise=draws,
         ).samples
+
+    def restore(
+        self,
+        y: Tensor | np.ndarray,
+        operator: LinearOperator | str,
+        posterior: str | PosteriorSampler = "dps",
+        n: int = 1,
+        *,
+        sigma_y: float,
+        steps: int | None = None,
+        grid: str | None = None,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        class_labels: Tensor | None = None,
+        batch_size: int = 256,
+        use_ema: bool = True,
+        **options: Any,
+    ) -> Tensor:
+        """``n`` draws of the posterior ``p(x | y)`` for each measurement ``y = A x + sigma_y n``,
+        with this model as the prior: ``(N, n, *data_shape)`` float32 on the CPU (images in
+        [-1, 1], clamped when the model clips its estimates).
+
+        Args:
+            y: ``(N, d_y)`` measurements (flat, as ``operator.measure`` gives them).
+            operator: ``A``, a :class:`~difforge.posterior.operators.base.LinearOperator` for
+                ``data_shape``, or an operator name built with its defaults
+                (:func:`~difforge.posterior.operators.registry.build_operator`).
+            posterior: a method name in ``POSTERIORS`` (``dps``, ``pigdm``, ``ddrm``, ...) or a
+                built :class:`~difforge.posterior.samplers.PosteriorSampler`.
+            sigma_y: the measurement noise's standard deviation, ``>= 0``.
+            steps, grid, **options: build the method (``steps`` None: 100; ``zeta=`` for DPS,
+                ``eta=`` for DDRM...); not with a built ``posterior``.
+            seed: seeds the generator (on the model's device); ``generator``: use this one.
+            class_labels: ``(N,)`` for a class-conditional model (None: its null class).
+            batch_size: draws per network batch (the ``n`` draws of a row stay together).
+
+        Raises:
+            DifforgeError or ValueError (one line): ``y`` not ``(N, d_y)``, an operator that does
+            not fit ``data_shape``, ``sigma_y < 0``, a method that does not fit the operator
+            (RePaint on a non-mask, an SVD method without an SVD), a bad option.
+        """
+        from difforge.posterior.operators.registry import build_operator
+        from difforge.posterior.samplers import PosteriorSampler
+
+        if isinstance(operator, str):
+            operator = build_operator(operator, self.data_shape)
+        elif tuple(operator.x_shape) != tuple(self.data_shape):
+            raise DifforgeError(
+                f"operator {operator.name} is built for x_shape {tuple(operator.x_shape)}; this "
+                f"model's data have shape {tuple(self.data_shape)}"
+            )
+        if isinstance(posterior, str):
+            posterior = PosteriorSampler(
+                posterior, 100 if steps is None else steps, grid, **options
+            )
+        elif steps is not None or grid is not None or options:
+            raise DifforgeError(
+                "steps, grid and method options build a posterior method by name; this "
+                f"{posterior!r} is built already"
+            )
+        posterior.spec.check_fit(operator)
+        y = torch.as_tensor(y, dtype=torch.float32)
+        if y.ndim != 2 or y.shape[1] != operator.d_y:
+            raise DifforgeError(
+                f"y must have shape (N, {operator.d_y}) for operator {operator.name}, got "
+                f"{tuple(y.shape)}"
+            )
+        if batch_size < 1 or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DifforgeError(
+                f"n and batch_size must be positive integers, got {n}, {batch_size}"
+            )
+        if generator is None:
+            generator = torch.Generator(self.device).manual_seed(int(seed))
+        denoiser = self.module.sampling_denoiser(use_ema)
+        rows = max(1, batch_size // n)
+        chunks = []
+        for start in range(0, y.shape[0], rows):
+            labels = None if class_labels is None else class_labels[start : start + rows]
+            result = posterior(
+                denoiser,
+                self.schedule,
+                y[start : start + rows].to(self.device),
+                operator,
+                sigma_y,
+                n=n,
+                generator=generator,
+                class_labels=None if labels is None else labels.to(self.device),
+            )
+            chunks.append(result.samples.detach().float().cpu())
+        samples = torch.cat(chunks)
+        if self.module.clip_denoised:
+            samples = samples.clamp(-1.0, 1.0)  # as ``generate`` leaves its samples
+        return samples.reshape(y.shape[0], n, *self.data_shape)
 
     def evaluate(
         self,

@@ -33,11 +33,14 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> 
     return grid
 
 
-def save_image_grid(x: Tensor, path: str | Path, upscale: int = 4) -> np.ndarray:
-    """Save images ``(N, C, H, W)`` in [-1, 1] as one PNG grid (nearest-neighbour upscaled)."""
+def save_image_grid(
+    x: Tensor, path: str | Path, upscale: int = 4, columns: int | None = None
+) -> np.ndarray:
+    """Save images ``(N, C, H, W)`` in [-1, 1] as one PNG grid (nearest-neighbour upscaled),
+    ``columns`` wide (None: square)."""
     from PIL import Image
 
-    grid = image_grid(to_uint8_images(x))
+    grid = image_grid(to_uint8_images(x), columns)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     picture = picture.resize(
         (picture.width * upscale, picture.height * upscale), Image.Resampling.NEAREST

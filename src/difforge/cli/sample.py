@@ -45,7 +45,7 @@ CHECKPOINT_ONLY_OPTIONS = {"use_ema": True, "guidance_scale": None, "class_label
 ORACLE_SCHEDULE = "edm"
 
 
-def load_oracle(cfg: DictConfig, sampler: Sampler) -> Model:
+def load_oracle(cfg: DictConfig, sampler: Sampler | None) -> Model:
     """The exact model of ``model=gmm_oracle data=...`` (:func:`difforge.api.load_exact`), after
     refusing what it cannot do."""
     if cfg.get("model") is None:
@@ -87,10 +87,10 @@ def sampling_labels(cfg: DictConfig, model: Any) -> torch.Tensor | None:
     return torch.full((cfg.num_samples,), label, dtype=torch.long)
 
 
-def load_model(cfg: DictConfig, sampler: Sampler, device: torch.device) -> Model:
+def load_model(cfg: DictConfig, sampler: Sampler | None, device: torch.device) -> Model:
     """The model of ``ckpt_path=``, ``pretrained=`` or ``model=gmm_oracle data=...``, through
     the Python API's loaders (:func:`difforge.api.load`, :func:`difforge.api.load_exact`), with
-    ``sampler`` as its default sampler. Logs the config line, with the model's groups: the
+    ``sampler`` as its default sampler (None: the model's own). Logs the config line, with the model's groups: the
     checkpoint's, or the exact model's with its default schedule. Lightning is imported for
     trained models only."""
     if cfg.get("pretrained") is not None:
