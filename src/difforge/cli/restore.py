@@ -227,9 +227,8 @@ def restore(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.device))
     posterior = instantiate(cfg.posterior)
     model = load_model(cfg, None, device)
-    operator = operator_from_config(
-        OmegaConf.to_container(cfg.operator, resolve=True), model.data_shape
-    )
+    options: dict[str, Any] = OmegaConf.to_container(cfg.operator, resolve=True)  # type: ignore[assignment]
+    operator = operator_from_config(options, model.data_shape)
     posterior.spec.check_fit(operator)
     datamodule = data_module(model)
     if cfg.metrics.fid is True and datamodule is None:
