@@ -129,24 +129,26 @@ def consistency_metrics(
 
 def exact_posterior_metrics(
     mixture: GaussianMixture, operator: LinearOperator, y: Tensor, draws: Tensor, cfg: DictConfig
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+) -> tuple[dict[str, float], dict[str, np.ndarray], Tensor]:
     """Against the exact posterior of the mixture prior (:func:`difforge.posterior.exact.
     mixture_posterior`), per input and averaged: ``sw``, the sliced Wasserstein distance of the
     draws to as many exact posterior samples, and ``sw_floor``, that of two exact sets of that
     size; ``component_weight_tv``, the total variation between the components' posterior weights
     and those the draws have (:func:`difforge.posterior.metrics.component_weights`). Returns the
-    metrics and the per-input weights (``posterior_weights``, ``sample_weights``: ``(N, K)``)."""
+    metrics, the per-input weights (``posterior_weights``, ``sample_weights``: ``(N, K)``) and
+    the exact samples of the first input, for the picture."""
     from difforge.posterior.exact import mixture_posterior
     from difforge.posterior.metrics import component_weights, exact_floor, sliced_wasserstein
 
     generator = torch.Generator().manual_seed(int(cfg.seed) + 1)
     A = operator.matrix()
     n = draws.shape[1]
-    sw, floor, exact, found = [], [], [], []
+    sw, floor, exact, found, references = [], [], [], [], []
     for i in range(y.shape[0]):
         posterior = mixture_posterior(mixture, A, y[i].double(), float(cfg.sigma_y))
         samples = draws[i].reshape(n, -1).double()
-        sw.append(sliced_wasserstein(samples, posterior.sample(n, generator)))
+        references.append(posterior.sample(n, generator))
+        sw.append(sliced_wasserstein(samples, references[-1]))
         floor.append(exact_floor(posterior, n, generator=generator))
         exact.append(posterior.weights)
         found.append(component_weights(samples, posterior))
@@ -156,7 +158,8 @@ def exact_posterior_metrics(
         "sw_floor": float(np.mean(floor)),
         "component_weight_tv": float(0.5 * (weights - estimated).abs().sum(1).mean()),
     }
-    return metrics, {"posterior_weights": weights.numpy(), "sample_weights": estimated.numpy()}
+    weights_record = {"posterior_weights": weights.numpy(), "sample_weights": estimated.numpy()}
+    return metrics, weights_record, references[0]
 
 
 def image_quality_metrics(
@@ -208,18 +211,19 @@ def save_picture(
     x: Tensor,
     draws: Tensor,
     mixture: GaussianMixture | None,
+    reference: Tensor | None,
     title: str,
 ) -> None:
     """Images: one row per input, the clean signal, the measurement seen through the
     pseudo-inverse ``A^+ y``, then the draws. Vectors: the draws of the first input over the
-    prior's density."""
+    prior's density, beside ``reference`` (exact posterior samples) and its clean signal."""
     if draws.ndim == 5:
         k, m = min(PICTURE_INPUTS, draws.shape[0]), min(PICTURE_DRAWS, draws.shape[1])
         seen = operator.pinv(y[:k].double()).float()
         rows = torch.cat([x[:k, None], seen[:, None], draws[:k, :m]], dim=1)
         save_image_grid(rows.reshape(-1, *rows.shape[2:]), path, columns=m + 2)
     else:
-        save_vector_plot(draws[0], path, mixture, title)
+        save_vector_plot(draws[0], path, mixture, title, reference, x[0])
 
 
 def restore(cfg: DictConfig) -> dict[str, Any]:
@@ -284,13 +288,14 @@ def restore(cfg: DictConfig) -> dict[str, Any]:
         record["A"] = operator.matrix().numpy()
     if operator.is_mask:
         record["mask"] = operator.mask.numpy()  # type: ignore[attr-defined]
+    reference = None  # exact posterior samples of the first input, for the picture
     if model.mixture is not None:
         record.update(
             mixture_weights=model.mixture.weights.numpy(),
             mixture_means=model.mixture.means.numpy(),
             mixture_stds=model.mixture.stds.numpy(),
         )
-        exact, weights = exact_posterior_metrics(model.mixture, operator, y, draws, cfg)
+        exact, weights, reference = exact_posterior_metrics(model.mixture, operator, y, draws, cfg)
         metrics.update(exact)
         record.update(weights)
     if datamodule is not None:
@@ -298,7 +303,9 @@ def restore(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir()
     np.savez(out / "restore.npz", **record)
     title = f"{posterior.method}, {operator.name}, sigma_y={sigma_y:g}: draws for input 0"
-    save_picture(out / "restore.png", operator, y, x, draws, model.mixture, title)
+    if reference is not None:
+        title += "\n(reference: exact posterior samples)"
+    save_picture(out / "restore.png", operator, y, x, draws, model.mixture, reference, title)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     log.info("wrote %s, restore.png and metrics.json (NFE %d per draw)", out / "restore.npz", nfe)
     print(json.dumps(metrics, sort_keys=True))
