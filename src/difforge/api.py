@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from difforge.devices import resolve_device
 from difforge.diffusion.samplers import Sampler
 from difforge.errors import DifforgeError
 from difforge.training.module import DiffusionModule
@@ -49,7 +50,9 @@ class Model:
         return self.module.device
 
     def to(self, device: torch.device | str) -> Model:
-        self.module.to(device)
+        """This model on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
+        ``torch.device``); raises DifforgeError if this machine has no such device."""
+        self.module.to(resolve_device(device))
         return self
 
     def sample(
@@ -154,13 +157,16 @@ class Model:
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> Model:
     """A :class:`Model` from a difforge checkpoint (``.ckpt`` file or a run directory with
-    ``checkpoints/last.ckpt``) or a diffusers pipeline folder (``model_index.json``), on ``device``.
+    ``checkpoints/last.ckpt``) or a diffusers pipeline folder (``model_index.json``), on ``device``
+    (``auto``: whatever is there).
 
-    Raises DifforgeError (one line) for a path that is neither.
+    Raises DifforgeError (one line) for a path that is neither, or a device this machine lacks
+    (checked before anything is read).
     """
     from difforge.interop.diffusers_pipeline import load_pipeline
     from difforge.training.build import module_from_checkpoint
 
+    resolve_device(device)
     source = Path(path).expanduser()
     if source.is_dir() and (source / "model_index.json").is_file():
         return Model(load_pipeline(source, Sampler("dpmpp_2m", 20)), source, "diffusers").to(device)

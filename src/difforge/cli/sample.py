@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from difforge.cli.common import output_dir, print_config
 from difforge.data.mixtures import known_mixture
+from difforge.devices import resolve_device
 from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
 from difforge.diffusion.guidance import check_guidance_scale
 from difforge.diffusion.samplers import Sampler, SampleResult
@@ -25,21 +26,6 @@ if TYPE_CHECKING:
     from difforge.training.module import DiffusionModule
 
 log = logging.getLogger("difforge")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise DifforgeError(
-            f"unknown device={name!r}; allowed: auto, cpu, cuda, cuda:N, mps"
-        ) from None
 
 
 class OracleSampling:
@@ -236,9 +222,7 @@ def generate(
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
-    if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
-        raise DifforgeError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
-    device = pick_device(str(cfg.device))
+    device = resolve_device(cfg.device)
     sampler: Sampler = instantiate(cfg.sampler)
     model, mixture, _ = load_model(cfg, sampler, device)
     noise = None
