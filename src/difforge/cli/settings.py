@@ -137,6 +137,14 @@ def validation_interval(key: str, value: Any) -> object:
     return either(key, value, lambda: check_int(key, value, 1), allowed)
 
 
+def deterministic(key: str, value: Any) -> object:
+    """Lightning's ``deterministic``: true, false, or ``warn`` (warn on nondeterministic ops)."""
+    if value == "warn":
+        return value
+    allowed = "true, false or warn (warn on nondeterministic operations)"
+    return either(key, value, lambda: check_flag(key, value), allowed)
+
+
 flag = check_flag
 # numpy's seeds, which Lightning's seed_everything and the data splits use, are 32-bit.
 SEED = integer(0, 2**32 - 1)
@@ -151,7 +159,7 @@ COMMON: dict[str, Check] = {
 # The keys sample.yaml and eval.yaml share.
 SAMPLING: dict[str, Check] = {
     **COMMON,
-    "ckpt_path": optional(text, "the exact model: model=gmm_oracle"),
+    "ckpt_path": optional(text, "no checkpoint, for model=gmm_oracle"),
     "pretrained": optional(text, "no diffusers folder"),
     "num_samples": integer(1),
     "batch_size": integer(1),
@@ -177,7 +185,7 @@ TRAINER: dict[str, Check] = {
     "trainer.limit_train_batches": batches_limit,
     "trainer.limit_val_batches": batches_limit,
     "trainer.limit_test_batches": batches_limit,
-    "trainer.deterministic": flag,
+    "trainer.deterministic": deterministic,
     "trainer.benchmark": optional(flag, "cudnn's default"),
 }
 SETTINGS: dict[str, dict[str, Check]] = {
@@ -218,7 +226,7 @@ def check_settings(command: str, cfg: DictConfig, table: Mapping[str, Check] | N
     for key, check in (SETTINGS[command] if table is None else table).items():
         node, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, node) if node else cfg
-        if not isinstance(parent, DictConfig) or leaf not in parent:
+        if not isinstance(parent, DictConfig) or leaf not in parent.keys():
             continue
         if OmegaConf.is_interpolation(parent, leaf) and not _resolvable(parent, leaf):
             continue
