@@ -108,7 +108,7 @@ def test_every_key_of_the_command_is_declared(command, composed):
 def has_key(cfg: DictConfig, key: str) -> bool:
     node, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, node) if node else cfg
-    return isinstance(parent, DictConfig) and leaf in parent.keys()
+    return isinstance(parent, DictConfig) and leaf in parent
 
 
 @pytest.mark.parametrize(

@@ -226,7 +226,7 @@ def check_settings(command: str, cfg: DictConfig, table: Mapping[str, Check] | N
     for key, check in (SETTINGS[command] if table is None else table).items():
         node, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, node) if node else cfg
-        if not isinstance(parent, DictConfig) or leaf not in parent.keys():
+        if not isinstance(parent, DictConfig) or leaf not in parent:
             continue
         if OmegaConf.is_interpolation(parent, leaf) and not _resolvable(parent, leaf):
             continue
