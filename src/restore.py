@@ -16,7 +16,7 @@ def main(cfg: DictConfig) -> None:
     from difforge.cli.common import run_command
     from difforge.cli.restore import restore
 
-    run_command(restore, cfg)
+    run_command(restore, cfg, "restore")
 
 
 if __name__ == "__main__":

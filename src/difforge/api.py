@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from difforge.devices import resolve_device
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.diffusion.schedules import EDMSchedule, NoiseSchedule
@@ -125,7 +126,9 @@ class Model:
         return self.module.device
 
     def to(self, device: torch.device | str) -> Model:
-        self.module.to(device)
+        """This model on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
+        ``torch.device``); raises DifforgeError if this machine has no such device."""
+        self.module.to(resolve_device(device))
         return self
 
     def sample(
@@ -334,19 +337,22 @@ def load(
     sampler: Sampler | None = None,
 ) -> Model:
     """A :class:`Model` from a difforge checkpoint (``.ckpt`` file or a run directory with
-    ``checkpoints/last.ckpt``) or a diffusers pipeline folder (``model_index.json``), on ``device``.
+    ``checkpoints/last.ckpt``) or a diffusers pipeline folder (``model_index.json``), on ``device``
+    (``auto``: whatever is there).
 
     ``kind``: ``difforge`` or ``diffusers`` to read ``path`` as that kind (the entry points'
     ``ckpt_path=`` and ``pretrained=``), with that kind's own errors; None tells them apart.
     ``sampler``: the model's default sampler (``module.sampler``); None keeps a checkpoint's own
     and gives a pipeline ``dpmpp_2m`` with 20 steps (completed from its scheduler's settings).
 
-    Raises DifforgeError (one line) for a path that is neither, or not the ``kind`` named.
+    Raises DifforgeError (one line) for a path that is neither, or not the ``kind`` named, or a
+    device this machine lacks (checked before anything is read).
     """
     from difforge.data.mixtures import known_mixture
     from difforge.interop.diffusers_pipeline import load_pipeline
     from difforge.training.build import module_from_checkpoint
 
+    resolve_device(device)
     source = Path(path).expanduser()
     if kind is None:
         if source.is_dir() and (source / "model_index.json").is_file():

@@ -22,29 +22,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from difforge.api import Model
-from difforge.checks import check_int, check_optional_flag
 from difforge.cli.common import output_dir
-from difforge.cli.sample import load_model, pick_device
+from difforge.cli.sample import load_model
+from difforge.devices import resolve_device
 from difforge.diffusion.gaussian_mixture import GaussianMixture
 from difforge.errors import DifforgeError
 from difforge.plotting import save_image_grid, save_vector_plot
-from difforge.posterior.operators.base import DenseOperator, LinearOperator, check_sigma_y
+from difforge.posterior.operators.base import DenseOperator, LinearOperator
 from difforge.posterior.operators.registry import operator_from_config
 
 log = logging.getLogger("difforge")
 
 # At most this many inputs and draws per input in restore.png.
 PICTURE_INPUTS, PICTURE_DRAWS = 8, 8
-
-
-def check_restore_options(cfg: DictConfig) -> None:
-    """The top-level settings, checked before the model loads (one-line errors naming the key)."""
-    check_int("num_inputs", cfg.num_inputs, minimum=1)
-    check_int("num_samples_per_input", cfg.num_samples_per_input, minimum=1)
-    check_sigma_y(cfg.sigma_y)
-    check_int("seed", cfg.seed)
-    check_int("batch_size", cfg.batch_size, minimum=1)
-    check_optional_flag("metrics.fid", cfg.metrics.fid, "where the data have a feature network")
 
 
 def load_input(path: str, num_inputs: int, data_shape: tuple[int, ...]) -> Tensor:
@@ -227,8 +217,7 @@ def save_picture(
 
 
 def restore(cfg: DictConfig) -> dict[str, Any]:
-    check_restore_options(cfg)
-    device = pick_device(str(cfg.device))
+    device = resolve_device(cfg.device)
     posterior = instantiate(cfg.posterior)
     model = load_model(cfg, None, device)
     options: dict[str, Any] = OmegaConf.to_container(cfg.operator, resolve=True)  # type: ignore[assignment]

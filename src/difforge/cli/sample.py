@@ -14,27 +14,13 @@ from omegaconf import DictConfig
 
 from difforge.api import Model, OracleSampling, load, load_exact
 from difforge.cli.common import output_dir, print_config
+from difforge.devices import resolve_device
 from difforge.diffusion.guidance import check_guidance_scale
 from difforge.diffusion.samplers import Sampler, SampleResult
 from difforge.errors import DifforgeError
 from difforge.plotting import save_samples_figure, to_uint8_images
 
 log = logging.getLogger("difforge")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise DifforgeError(
-            f"unknown device={name!r}; allowed: auto, cpu, cuda, cuda:N, mps"
-        ) from None
 
 
 # Options of sample.yaml / eval.yaml that only a trained checkpoint can use, with their defaults.
@@ -193,9 +179,7 @@ def generate(
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
-    if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
-        raise DifforgeError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
-    device = pick_device(str(cfg.device))
+    device = resolve_device(cfg.device)
     sampler: Sampler = instantiate(cfg.sampler)
     loaded = load_model(cfg, sampler, device)
     model, mixture = loaded.module, loaded.mixture
