@@ -18,6 +18,7 @@ from difforge.data.mixtures import known_mixture
 from difforge.diffusion.gaussian_mixture import GaussianMixture
 from difforge.errors import DifforgeError
 from difforge.posterior.exact import mixture_posterior
+from difforge.posterior.operators.base import DENSE_LIMIT, LinearOperator
 from difforge.posterior.operators.registry import build_operator
 from difforge.posterior.samplers import PosteriorSampler
 from helpers import QUICK_TRAIN, ROOT, assert_clean_error, assert_ok, run_cli
@@ -77,6 +78,27 @@ def test_restore_refuses_what_does_not_fit():
         prior.restore(y, A, "dps", sigma_y=-0.1, steps=2)
     with pytest.raises(ValueError, match="inpaint_box needs images"):
         prior.restore(y, "inpaint_box", sigma_y=0.1)
+    with pytest.raises(ValueError, match="posterior=repaint needs an inpainting mask operator"):
+        prior.restore(y, A, "repaint", sigma_y=0.1, steps=2)
+
+
+class Doubling(LinearOperator):
+    """``A x = 2 x`` on vectors too long for a dense matrix: an operator without an SVD."""
+
+    name = "doubling"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x.reshape(x.shape[0], -1)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return 2 * y.reshape(y.shape[0], *self.x_shape)
+
+
+def test_a_method_that_needs_an_svd_refuses_an_operator_without_one():
+    d = DENSE_LIMIT + 1
+    prior = difforge.load_exact(GaussianMixture([1.0], [[0.0] * d], [[1.0] * d]))
+    with pytest.raises(ValueError, match="posterior=ddrm needs the operator's SVD"):
+        prior.restore(torch.zeros(1, d), Doubling((d,), d), "ddrm", sigma_y=0.1, steps=2)
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -143,6 +165,7 @@ def test_restore_command_on_the_exact_mixture(tmp_path):
     [
         (["operator=inpaint_box"], ["operator inpaint_box needs images", "(2,)"]),
         (["sigma_y=-1"], ["sigma_y must be >= 0, got -1"]),
+        (["posterior=repaint"], ["posterior=repaint needs an inpainting mask operator"]),
         (["num_input=3"], ["num_input", "did you mean num_inputs"]),
         (["metrics.fid=true"], ["metrics.fid=true needs a checkpoint trained on images"]),
         (["data=gmm1d", "operator=inpaint_random", "operator.p=0.9"], ["observes nothing"]),
