@@ -73,7 +73,7 @@ def data_module(model: Model) -> Any:
     return datamodule
 
 
-def test_signals(
+def clean_signals(
     cfg: DictConfig, model: Model, datamodule: Any
 ) -> tuple[Tensor, Tensor | None, str]:
     """``num_inputs`` clean signals and their labels (None when unknown), and where they come
@@ -229,7 +229,7 @@ def restore(cfg: DictConfig) -> dict[str, Any]:
             "metrics.fid=true needs a checkpoint trained on images (its data give the FID "
             "reference); set metrics.fid=null or false"
         )
-    x, labels, source = test_signals(cfg, model, datamodule)
+    x, labels, source = clean_signals(cfg, model, datamodule)
     sigma_y = float(cfg.sigma_y)
     y = operator.measure(x, sigma_y, torch.Generator().manual_seed(int(cfg.seed)))
     n = int(cfg.num_samples_per_input)
