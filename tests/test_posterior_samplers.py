@@ -10,11 +10,14 @@ Which methods are exact there, and the tests that check it:
   converges to the true one as the steps grow.
 - SDEdit samples ``x0 | x(t0)`` around the guide: with the ``denoise`` operator its law is
   closed-form (the posterior itself when ``sigma(t0) = sigma_y``).
+- DDNM, and DDRM at ``eta = 0``, where the posterior factorises in the SVD's coordinates: an
+  isotropic prior with ``sigma_y = 0`` (the seen part is ``y``'s, the unseen part the prior's).
 Not exact, and why (their errors are measured, not asserted; properties are tested instead):
 - DPS: ``p(y | x_t)`` is replaced by ``p(y | D(x_t))`` and the step size is a heuristic (biased).
-- DDRM: the seen coordinates ignore the prior while ``sigma >= c_i`` (its variational marginals
-  are not the posterior's); DDNM: the range space is replaced, not conditioned; RePaint: the
-  known pixels are noised independently of the unknown ones.
+- DDRM: the seen coordinates ignore the prior while ``sigma >= c_i``, and its noise
+  ``eta sigma_{t-1}`` does not shrink with the step (biased for ``eta > 0`` at any step count);
+  DDNM(+): the range space is replaced, not conditioned on the prior's correlations or on
+  ``sigma_y``; RePaint: the known pixels are noised independently of the unknown ones.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ SIGMA_Y = 0.3
 
 def gaussian(mean: list[float], std: list[float] | float) -> tuple[GaussianMixture, Tensor, Tensor]:
     """A one-component mixture and its mean and (diagonal) covariance."""
-    mixture = GaussianMixture([1.0], [mean], [std])
+    mixture = GaussianMixture([1.0], [mean], torch.tensor([std], dtype=F64))
     return mixture, mixture.means[0], torch.diag(mixture.stds[0] ** 2)
 
 
@@ -207,7 +210,8 @@ def test_sdedit_draws_x0_given_the_noised_guide(problem):
         shrink = var / (var + sigma**2)
         return torch.diag(shrink), (1 - shrink) * m
 
-    def law(sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    def law(sigmas: Tensor) -> tuple[tuple[Tensor, Tensor], float]:
+        """The steps' law and sigma(t0)."""
         tail = sigmas[len(sigmas) - 1 - round(strength * (len(sigmas) - 1)) :]
         start = float(tail[0]) ** 2 - sigma_y**2
         return ddim_law(prior_x0, tail, 1.0, y, start * torch.eye(3, dtype=F64)), float(tail[0])
@@ -238,6 +242,63 @@ def test_sdedit_draws_x0_given_the_noised_guide(problem):
         strength=strength,
     )
     assert_moments(samples, mean, cov, n)
+
+
+@pytest.mark.parametrize("method,eta", [("ddrm", 0.0), ("ddnm", 0.85)])
+def test_spectral_methods_are_exact_on_an_isotropic_prior_with_exact_measurements(
+    problem, method, eta
+):
+    """With ``sigma_y = 0`` and ``x0 ~ N(m, s^2 I)`` the posterior is ``y_bar`` on the seen
+    coordinates and the prior ``N(m_bar, s^2)`` on the unseen ones, independent of them (an
+    isotropic prior is isotropic in any orthonormal basis). DDRM and DDNM set the seen ones to
+    ``y_bar`` and walk the unseen ones by their own chain (DDRM's eq. 8, DDIM's step), whose law
+    is computed here: it converges to the prior's, and the samplers draw it. DDRM only at
+    ``eta = 0``: its noise ``eta sigma_{t-1}`` does not shrink with the step, and at its default
+    0.85 the unseen variance stays 0.18 / 0.15 below s^2 = 0.64 with 100 / 2000 steps (measured)."""
+    operator, A, y = problem
+    s = 0.8
+    _, _, Vh = torch.linalg.svd(A)
+    v = Vh[2]  # the unseen direction of the 2 x 3 operator
+    # A prior mean with no unseen part: the ODE (eta = 0) keeps the start's mean 0 instead of
+    # m_bar's, a bias of m_bar s / sigma_0 that no step count removes.
+    m = torch.tensor([0.5, -1.0, 0.3], dtype=F64)
+    m = m - (v @ m) * v
+    mixture, m_bar = gaussian(m.tolist(), s)[0], 0.0
+
+    def unseen_law(sigmas: Tensor) -> tuple[float, float]:
+        mean, var = 0.0, float(sigmas[0]) ** 2
+        for sigma, sigma_next in pairwise(sigmas.tolist()):
+            r = s**2 / (s**2 + sigma**2)  # D's unseen coordinate: m_bar + r (x - m_bar)
+            if method == "ddrm":
+                keep, noise = (1 - eta**2) ** 0.5 * sigma_next / sigma, (eta * sigma_next) ** 2
+            else:
+                down, up = ancestral_step(sigma, sigma_next, eta)
+                keep, noise = down / sigma, up**2
+            mean = (1 - keep) * (m_bar + r * (mean - m_bar)) + keep * mean
+            var = ((1 - keep) * r + keep) ** 2 * var + noise
+        return mean, var
+
+    errors = []
+    for steps in (100, 2000):
+        mean, var = unseen_law(karras_sigmas(steps, 0.002, 80.0))
+        errors.append(max(abs(mean - m_bar), abs(var - s**2)))
+    assert errors[1] < 5e-3 and errors[1] < errors[0] / 15, errors  # first order in the steps
+    sigmas = karras_sigmas(20, 0.002, 80.0)
+    mean, var = unseen_law(sigmas)
+    n = 20_000
+    samples = posterior_sample(
+        method,
+        GaussianMixtureOracle(mixture),
+        y.expand(n, 2),
+        operator,
+        0.0,
+        sigmas,
+        generator=torch.Generator().manual_seed(11),
+        eta=eta,
+    )
+    pinv = torch.linalg.pinv(A) @ y  # the seen part, exactly
+    law_mean = pinv + mean * v
+    assert_moments(samples, law_mean, var * torch.outer(v, v), n)
 
 
 @pytest.mark.parametrize("method", ["ddrm", "ddnm"])
@@ -391,7 +452,8 @@ def test_every_method_has_a_config_and_counts_its_evaluations(name, problem):
     mixture, _, _ = gaussian([0.5, -1.0, 0.3], [0.8, 0.5, 1.2])
     counter = CountingDenoiser(flat(mixture))
     y = torch.tensor([[0.3, -0.2]], dtype=F64)
-    result = sampler(counter, EDMSchedule(), y, mask, 0.1, n=3)
+    sigma_y = 0.0 if name == "repaint" else 0.1  # RePaint resamples exact measurements only
+    result = sampler(counter, EDMSchedule(), y, mask, sigma_y, n=3)
     assert result.samples.shape == (3, 1, 3) and torch.isfinite(result.samples).all()
     particles = sampler.options.get("num_particles", cfg.get("num_particles", 1))
     assert (
@@ -437,6 +499,7 @@ class Unfactored(LinearOperator):
             "did you mean 'num_particles'",
         ),
         ("sdedit", DenseOperator(torch.eye(2, 3)), 0.1, {"strength": 0.01}, "runs no step"),
+        ("repaint", MaskOperator(torch.tensor([True, False, True])), 0.1, {}, "resamplings=1"),
     ],
 )
 def test_bad_input_is_refused_in_one_line(name, operator, sigma_y, options, message):
@@ -466,3 +529,20 @@ def test_methods_that_start_from_their_own_points_refuse_x_init(problem):
             karras_sigmas(5, 0.002, 80.0),
             x_init=torch.zeros(1, 3, dtype=F64),
         )
+
+
+@pytest.mark.parametrize("rescale", [False, True], ids=["vp", "zero_terminal_snr"])
+def test_the_front_door_runs_on_a_vp_schedule(problem, rescale):
+    """The trailing grid of a discrete VP schedule; under zero terminal SNR its level at
+    infinity is dropped, and the start is drawn at the first finite level."""
+    from difforge.diffusion.schedules import LinearSchedule
+
+    operator, A, y = problem
+    schedule = LinearSchedule(rescale_zero_terminal_snr=rescale)
+    sampler = PosteriorSampler("ddrm", steps=10)
+    sigmas = sampler.sigmas(schedule)
+    assert len(sigmas) == (10 if rescale else 11) and torch.isfinite(sigmas).all()
+    mixture, _, _ = gaussian([0.5, -1.0, 0.3], [0.8, 0.5, 1.2])
+    result = sampler(GaussianMixtureOracle(mixture), schedule, y[None], operator, 0.0, n=50)
+    assert result.samples.shape == (50, 3) and result.nfe == len(sigmas) - 1
+    assert torch.allclose(result.samples @ A.T, y.expand(50, 2), atol=1e-10)
