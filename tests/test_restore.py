@@ -229,3 +229,42 @@ def test_readme_restore_command_runs_as_written(command, digits_checkpoint, tmp_
     np.testing.assert_array_equal(from_file["y"], record["y"])
     np.testing.assert_array_equal(from_file["samples"], record["samples"])
     assert "labels" not in from_file
+
+
+@pytest.mark.slow
+def test_restore_command_on_a_diffusers_pipeline(tmp_path):
+    """A pipeline folder has no test split: ``input=`` gives the clean signals; an exact-data
+    method (DDNM) restores them, every draw agreeing with the measurement."""
+    from diffusers_fixtures import digits_images, train_pipeline
+
+    pipeline = train_pipeline(tmp_path / "pipe", "epsilon", steps=5)
+    assert_clean_error(
+        run_cli("restore", f"pretrained={pipeline}", f"hydra.run.dir={tmp_path / 'refused'}"),
+        "give input=FILE.npy",
+    )
+    x = digits_images()[:3].numpy().astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run = tmp_path / "run"
+    result = run_cli(
+        "restore",
+        f"pretrained={pipeline}",
+        f"input={tmp_path / 'x.npy'}",
+        "num_inputs=3",
+        "num_samples_per_input=2",
+        "operator=inpaint_half",
+        "posterior=ddnm",
+        "posterior.steps=10",
+        "sigma_y=0",
+        f"hydra.run.dir={run}",
+    )
+    assert_ok(result)
+    record, metrics = load_run(run)
+    mask = record["mask"]
+    np.testing.assert_array_equal(record["x"], x)
+    np.testing.assert_array_equal(record["y"], x[:, mask])
+    assert record["samples"].shape == (3, 2, *x.shape[1:]) and "labels" not in record
+    assert "consistency" not in metrics  # sigma_y = 0: the residual norm alone
+    samples = record["samples"].reshape(-1, *x.shape[1:])
+    residual = np.linalg.norm(np.repeat(record["y"], 2, axis=0) - samples[:, mask], axis=1)
+    assert metrics["residual_norm"] == pytest.approx(residual.mean(), abs=1e-6)
+    assert metrics["residual_norm"] < 1e-6  # DDNM's last step imposes y on the observed pixels
