@@ -28,9 +28,8 @@ TWO_MODES = GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], [0.5, 0.5])
 
 
 def data_config(name: str) -> dict:
-    return OmegaConf.to_container(
-        OmegaConf.load(ROOT / "configs" / "data" / f"{name}.yaml"), resolve=True
-    )
+    config = OmegaConf.load(ROOT / "configs" / "data" / f"{name}.yaml")
+    return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
 
 
 # --- the API ---------------------------------------------------------------------------------------
@@ -38,6 +37,7 @@ def test_load_exact_reads_the_law_of_a_data_config():
     config = data_config("gmm2d")
     model = difforge.load_exact(config)
     law = known_mixture(config)
+    assert law is not None and model.mixture is not None
     assert model.kind == "exact" and model.data_shape == (2,) and model.source is None
     assert torch.equal(model.mixture.means, law.means)
     assert torch.equal(model.mixture.weights, law.weights)
@@ -123,6 +123,7 @@ def check_consistency(record: dict, metrics: dict, forward) -> None:
 def check_mixture_run(record: dict, metrics: dict, data: str) -> None:
     """A mixture prior's record: its law, A, and the exact posterior weights of every input."""
     law = known_mixture(data_config(data))
+    assert law is not None
     np.testing.assert_array_equal(record["mixture_weights"], law.weights.numpy())
     np.testing.assert_array_equal(record["mixture_means"], law.means.numpy())
     np.testing.assert_array_equal(record["mixture_stds"], law.stds.numpy())
