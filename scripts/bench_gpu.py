@@ -57,10 +57,12 @@ if "difforge" not in sys.modules:
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from difforge.devices import resolve_device  # noqa: E402
 from difforge.diffusion.losses import DenoisingLoss  # noqa: E402
 from difforge.diffusion.parameterization import Denoiser, EpsParameterization  # noqa: E402
 from difforge.diffusion.samplers import Sampler  # noqa: E402
 from difforge.diffusion.schedules import LinearSchedule  # noqa: E402
+from difforge.errors import DifforgeError  # noqa: E402
 from difforge.machine import machine_info, sync  # noqa: E402
 from difforge.nets.presets import available_presets, load_preset  # noqa: E402
 from difforge.training.ema import EMA  # noqa: E402
@@ -520,13 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device, "--device")
+    except DifforgeError as error:
+        print(f"error: {error}; --smoke is the CPU dry run", file=sys.stderr)
+        return 1
     if device.type == "cpu":
         torch.set_num_threads(1)  # a dry run; one thread keeps it steady on a shared machine
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print("error: no CUDA device (use --smoke for the CPU dry run)", file=sys.stderr)
-            return 1
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -39,9 +39,11 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_unet import SETTINGS, build_diffusers, preset
+from difforge.devices import resolve_device
 from difforge.diffusion.parameterization import Denoiser, EpsParameterization
 from difforge.diffusion.samplers import Sampler
 from difforge.diffusion.schedules import LinearSchedule
+from difforge.errors import DifforgeError
 from difforge.machine import machine_info, sync
 
 
@@ -195,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"error: --{name} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
             return 1
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device, "--device")
+    except DifforgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info(device=str(device))

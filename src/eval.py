@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> None:
     from difforge.cli.common import run_command
     from difforge.cli.evaluate import evaluate
 
-    run_command(evaluate, cfg)
+    run_command(evaluate, cfg, "eval")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> None:
     from difforge.cli.common import run_command
     from difforge.cli.sample import sample
 
-    run_command(sample, cfg)
+    run_command(sample, cfg, "sample")
 
 
 if __name__ == "__main__":

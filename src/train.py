@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> float | None:
     from difforge.cli.common import run_command
     from difforge.cli.train import train
 
-    return run_command(train, cfg)
+    return run_command(train, cfg, "train")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_bad_train_input_is_refused_clearly(overrides, fragments):
         ([], ["give ckpt_path="]),
         (
             ["model=gmm_oracle", "data=gmm1d", "num_samples=0"],
-            ["num_samples must be a positive integer, got 0"],
+            ["num_samples must be an integer >= 1, got 0"],
         ),
         (["model=gmm_oracle", "data=gmm1d", "sampler=plms"], ["Could not find 'sampler/plms'"]),
         (["model=gmm_oracle", "data=gmm1d", "device=tpu9"], ["device"]),

@@ -1,8 +1,9 @@
 """difforge: diffusion models with PyTorch Lightning and Hydra.
 
 The notebook API (``docs/api.md``): ``difforge.load(path)`` for a difforge checkpoint or a
-diffusers pipeline folder, and the evaluation metrics on features. They are imported on first
-use, so ``import difforge.diffusion`` stays free of Lightning.
+diffusers pipeline folder, ``difforge.load_exact(data)`` for the exact model of a mixture, and
+the evaluation metrics on features. They are imported on first use, so
+``import difforge.diffusion`` stays free of Lightning.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "load": "difforge.api",
+    "load_exact": "difforge.api",
     "Model": "difforge.api",
     "frechet_distance": "difforge.metrics.reference_files",
     "feature_statistics": "difforge.metrics.reference_files",

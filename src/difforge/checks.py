@@ -16,11 +16,21 @@ from typing import Any
 
 
 def check_int(
-    key: str, value: object, minimum: int = 0, error: type[ValueError] = ValueError
+    key: str,
+    value: object,
+    minimum: int = 0,
+    error: type[ValueError] = ValueError,
+    maximum: int | None = None,
 ) -> int:
-    """``value`` as an int ``>= minimum`` (numpy integers too)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise error(f"{key} must be an integer >= {minimum}, got {value!r}")
+    """``value`` as an int ``>= minimum`` (and ``<= maximum`` if given; numpy integers too)."""
+    allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        raise error(f"{key} must be an integer {allowed}, got {value!r}")
     return int(value)
 
 

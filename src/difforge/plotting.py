@@ -33,11 +33,14 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> 
     return grid
 
 
-def save_image_grid(x: Tensor, path: str | Path, upscale: int = 4) -> np.ndarray:
-    """Save images ``(N, C, H, W)`` in [-1, 1] as one PNG grid (nearest-neighbour upscaled)."""
+def save_image_grid(
+    x: Tensor, path: str | Path, upscale: int = 4, columns: int | None = None
+) -> np.ndarray:
+    """Save images ``(N, C, H, W)`` in [-1, 1] as one PNG grid (nearest-neighbour upscaled),
+    ``columns`` wide (None: square)."""
     from PIL import Image
 
-    grid = image_grid(to_uint8_images(x))
+    grid = image_grid(to_uint8_images(x), columns)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     picture = picture.resize(
         (picture.width * upscale, picture.height * upscale), Image.Resampling.NEAREST
@@ -47,18 +50,31 @@ def save_image_grid(x: Tensor, path: str | Path, upscale: int = 4) -> np.ndarray
 
 
 def save_vector_plot(
-    x: Tensor, path: str | Path, mixture: GaussianMixture | None = None, title: str = ""
+    x: Tensor,
+    path: str | Path,
+    mixture: GaussianMixture | None = None,
+    title: str = "",
+    reference: Tensor | None = None,
+    truth: Tensor | None = None,
 ) -> None:
-    """1-D: histogram against the true density; 2-D: scatter (over true-density contours)."""
+    """1-D: histogram against the true density; 2-D: scatter (over true-density contours); the
+    first two coordinates of longer vectors. ``reference``: samples of the law ``x`` should
+    follow (an exact posterior), drawn beside them; ``truth``: one point ``(D,)`` marked (the
+    clean signal of a restoration)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = x.detach().double().cpu().reshape(x.shape[0], -1)
+    ref = None if reference is None else reference.detach().double().cpu().reshape(-1, x.shape[1])
     fig, ax = plt.subplots(figsize=(6, 4) if x.shape[1] == 1 else (5, 5))
     if x.shape[1] == 1:
         ax.hist(x[:, 0].numpy(), bins=200, density=True, alpha=0.6, label="samples")
+        if ref is not None:
+            ax.hist(ref[:, 0].numpy(), bins=200, density=True, histtype="step", label="reference")
+        if truth is not None:
+            ax.axvline(float(truth.flatten()[0]), color="r", lw=1, label="truth")
         if mixture is not None:
             grid = torch.linspace(float(x.min()) - 1, float(x.max()) + 1, 1000, dtype=torch.float64)
             ax.plot(
@@ -73,7 +89,8 @@ def save_vector_plot(
         ax.legend()
     else:
         if mixture is not None and mixture.dim == 2:
-            lo, hi = x.min(0).values - 1, x.max(0).values + 1
+            both = x if ref is None else torch.cat([x, ref])
+            lo, hi = both.min(0).values - 1, both.max(0).values + 1
             gx, gy = torch.meshgrid(
                 torch.linspace(float(lo[0]), float(hi[0]), 200, dtype=torch.float64),
                 torch.linspace(float(lo[1]), float(hi[1]), 200, dtype=torch.float64),
@@ -87,7 +104,14 @@ def save_vector_plot(
             ax.contour(
                 gx.numpy(), gy.numpy(), density.numpy(), levels=8, colors="k", linewidths=0.7
             )
-        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=2, alpha=0.4)
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=2, alpha=0.4, label="samples")
+        if ref is not None:
+            ax.scatter(ref[:, 0].numpy(), ref[:, 1].numpy(), s=2, alpha=0.3, label="reference")
+        if truth is not None:
+            t = truth.detach().double().cpu().flatten()
+            ax.scatter([float(t[0])], [float(t[1])], marker="x", c="r", s=40, label="truth")
+        if ref is not None or truth is not None:
+            ax.legend()
         ax.set_aspect("equal")
     ax.set_title(title)
     fig.tight_layout()

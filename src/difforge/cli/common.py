@@ -64,13 +64,20 @@ def _instantiation_target(error: BaseException) -> str:
     return text[start + 1 : end] if start >= 0 and end > start else "an object"
 
 
-def run_command(command: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Run ``command(cfg)``; an error caused by bad input becomes ``error: <message>`` and exit 1,
-    after the full traceback with ``traceback=true``. Bugs, and every error under
-    ``HYDRA_FULL_ERROR=1``, propagate with their traceback."""
+def run_command(
+    command: Callable[[DictConfig], T], cfg: DictConfig, settings: str | None = None
+) -> T:
+    """Run ``command(cfg)``, after checking the entry point's own keys (``settings``: ``sample``,
+    ``eval`` or ``train``, see :mod:`difforge.cli.settings`); an error caused by bad input becomes
+    ``error: <message>`` and exit 1, after the full traceback with ``traceback=true``. Bugs, and
+    every error under ``HYDRA_FULL_ERROR=1``, propagate with their traceback."""
+    from difforge.cli.settings import check_settings
+
     quiet_third_party()
     rank_zero_output()
     try:
+        if settings is not None:
+            check_settings(settings, cfg)
         return command(cfg)
     except Exception as error:
         message = user_error_message(error)

@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from difforge.cli.common import output_dir
-from difforge.cli.sample import OracleSampling, generate, load_model, pick_device
+from difforge.cli.sample import OracleSampling, generate, load_model
+from difforge.devices import resolve_device
 from difforge.diffusion.gaussian_mixture import GaussianMixture
 from difforge.diffusion.likelihood import (
     bits_per_dim,
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from difforge.training.module import DiffusionModule
 
 log = logging.getLogger("difforge")
-NLL_METHODS = ("auto", "vlb", "ode")
 DEFAULT_ODE_STEPS = 50
 
 
@@ -124,20 +124,8 @@ def likelihood_metrics(
 PROTOCOL_ONLY = ("metrics.dinov2_weights", "metrics.dinov2_ref", "metrics.precision_recall")
 
 
-def check_nll_options(nll: DictConfig) -> None:
-    """The ``nll.*`` options, checked before any sampling (one-line errors naming the key)."""
-    from difforge.checks import check_choice, check_flag, check_int
-
-    check_flag("nll.enabled", nll.enabled)
-    check_int("nll.num_points", nll.num_points, minimum=1)
-    check_choice("nll.method", nll.method, NLL_METHODS)
-    if nll.ode_steps is not None:
-        check_int("nll.ode_steps", nll.ode_steps, minimum=1)
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    check_nll_options(cfg.nll)
-    device = pick_device(str(cfg.device))
+    device = resolve_device(cfg.device)
     if OmegaConf.select(cfg, "metrics.fid_ref") is not None:
         return evaluate_with_reference(cfg, device)
     if cfg.get("pretrained") is not None:
@@ -155,7 +143,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"seeds={cfg.seeds} applies to the reference protocol: give metrics.fid_ref=PATH"
         )
     sampler: Sampler = instantiate(cfg.sampler)
-    model, mixture, train_cfg = load_model(cfg, sampler, device)
+    loaded = load_model(cfg, sampler, device)
+    model, mixture, train_cfg = loaded.module, loaded.mixture, loaded.config
     result, _ = generate(cfg, model, device)
     metrics: dict[str, float] = {
         "nfe": float(result.nfe),
@@ -239,8 +228,6 @@ def evaluate_with_reference(cfg: DictConfig, device: torch.device) -> dict[str, 
             "all classes, as the reference batches hold them"
         )
     seeds = cfg.get("seeds", 1)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise DifforgeError(f"seeds must be a positive integer, got {seeds!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cuda":
         # One GPU per rank, chosen before NCCL starts (torchrun sets LOCAL_RANK).
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -248,7 +235,7 @@ def evaluate_with_reference(cfg: DictConfig, device: torch.device) -> dict[str, 
     ranks = Ranks.from_environment(device)
     reference = load_reference_file(cfg.metrics.fid_ref)
     sampler: Sampler = instantiate(cfg.sampler)
-    model, _, _ = load_model(cfg, sampler, device)
+    model = load_model(cfg, sampler, device).module
     if isinstance(model, OracleSampling) or len(model.data_shape) != 3:
         raise DifforgeError(
             "metrics.fid_ref needs a trained image model (ckpt_path= or pretrained=)"

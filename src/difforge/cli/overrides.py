@@ -285,6 +285,18 @@ def check_overrides(config_dir: str, config_name: str, argv: Sequence[str]) -> N
         except (HydraException, OmegaConfBaseException) as error:
             fail(explain(error, single, config_name))
         check_added_keys(single_overrides, config)
+    check_entry_settings(config_name, config)
+
+
+def check_entry_settings(config_name: str, config: DictConfig) -> None:
+    """The entry point's own keys (:mod:`difforge.cli.settings`), before Hydra writes anything."""
+    from difforge.cli.settings import check_settings
+    from difforge.errors import DifforgeError
+
+    try:
+        check_settings(config_name, config)
+    except (ValueError, DifforgeError) as error:
+        fail(str(error))
 
 
 def check_added_keys(overrides: Sequence[Any], config: DictConfig) -> None:

@@ -5,65 +5,22 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from difforge.api import Model, OracleSampling, load, load_exact
 from difforge.cli.common import output_dir, print_config
-from difforge.data.mixtures import known_mixture
-from difforge.diffusion.gaussian_mixture import GaussianMixtureOracle
+from difforge.devices import resolve_device
 from difforge.diffusion.guidance import check_guidance_scale, check_guidance_trained
 from difforge.diffusion.samplers import Sampler, SampleResult
-from difforge.diffusion.schedules import EDMSchedule
 from difforge.errors import DifforgeError
 from difforge.plotting import save_samples_figure, to_uint8_images
 
-if TYPE_CHECKING:
-    from difforge.training.module import DiffusionModule
-
 log = logging.getLogger("difforge")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise DifforgeError(
-            f"unknown device={name!r}; allowed: auto, cpu, cuda, cuda:N, mps"
-        ) from None
-
-
-class OracleSampling:
-    """An exact model (no checkpoint) with the same ``generate`` as a trained module."""
-
-    def __init__(self, oracle: GaussianMixtureOracle, schedule: Any, sampler: Sampler) -> None:
-        self.oracle, self.schedule, self.sampler = oracle, schedule, sampler
-        self.data_shape = (oracle.mixture.dim,)
-
-    def generate(
-        self, num_samples: int, *, generator: torch.Generator, batch_size: int, **_: Any
-    ) -> Any:
-        results = [
-            self.sampler(
-                self.oracle,
-                self.schedule,
-                (min(batch_size, num_samples - start), *self.data_shape),
-                generator=generator,
-            )
-            for start in range(0, num_samples, batch_size)
-        ]
-        return SampleResult(
-            torch.cat([r.samples for r in results]), results[0].nfe, results[0].sigmas
-        )
 
 
 # Options of sample.yaml / eval.yaml that only a trained checkpoint can use, with their defaults.
@@ -74,7 +31,9 @@ CHECKPOINT_ONLY_OPTIONS = {"use_ema": True, "guidance_scale": None, "class_label
 ORACLE_SCHEDULE = "edm"
 
 
-def load_oracle(cfg: DictConfig, sampler: Sampler) -> tuple[OracleSampling, Any]:
+def load_oracle(cfg: DictConfig, sampler: Sampler | None) -> Model:
+    """The exact model of ``model=gmm_oracle data=...`` (:func:`difforge.api.load_exact`), after
+    refusing what it cannot do."""
     if cfg.get("model") is None:
         raise DifforgeError(
             "give ckpt_path=<checkpoint> (or model=gmm_oracle data=gmm1d for the exact model)"
@@ -93,15 +52,8 @@ def load_oracle(cfg: DictConfig, sampler: Sampler) -> tuple[OracleSampling, Any]
         raise DifforgeError(
             "model=gmm_oracle needs the mixture it is exact for: data=gmm1d or data=gmm2d"
         )
-    mixture = known_mixture(cfg.data)
-    if mixture is None:
-        raise DifforgeError(
-            f"model=gmm_oracle needs data with a known Gaussian mixture (gmm1d, gmm2d); "
-            f"{cfg.data._target_} has none"
-        )
-    oracle = instantiate(cfg.model, mixture=mixture)
-    schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else EDMSchedule()
-    return OracleSampling(oracle, schedule, sampler), mixture
+    schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else None
+    return load_exact(cfg.data, schedule, sampler=sampler)
 
 
 def sampling_labels(cfg: DictConfig, model: Any) -> torch.Tensor | None:
@@ -121,44 +73,51 @@ def sampling_labels(cfg: DictConfig, model: Any) -> torch.Tensor | None:
     return torch.full((cfg.num_samples,), label, dtype=torch.long)
 
 
-def load_model(
-    cfg: DictConfig, sampler: Sampler, device: torch.device
-) -> tuple[Any, Any, DictConfig | None]:
-    """The model to sample, the mixture of its data if known, and its training config (None for an
-    exact model or a diffusers pipeline). Logs the config line, with the model's groups: the
+def load_model(cfg: DictConfig, sampler: Sampler | None, device: torch.device) -> Model:
+    """The model of ``ckpt_path=``, ``pretrained=`` or ``model=gmm_oracle data=...``, through
+    the Python API's loaders (:func:`difforge.api.load`, :func:`difforge.api.load_exact`), with
+    ``sampler`` as its default sampler (None: the model's own). Logs the config line, with the model's groups: the
     checkpoint's, or the exact model's with its default schedule. Lightning is imported for
     trained models only."""
     if cfg.get("pretrained") is not None:
+        if cfg.ckpt_path is not None:
+            raise DifforgeError(
+                "give either ckpt_path= (a difforge checkpoint) or pretrained= (a diffusers "
+                "folder), not both"
+            )
+        if cfg.get("guidance_scale") is not None and check_guidance_scale(cfg.guidance_scale) != 1:
+            raise DifforgeError(
+                f"guidance_scale={cfg.guidance_scale}: a diffusers UNet2DModel has no null class "
+                "label for guidance"
+            )
         print_config(cfg)
-        return load_pretrained(cfg, sampler, device), None, None
+        return load(cfg.pretrained, device, kind="diffusers", sampler=sampler)
     if cfg.ckpt_path is None:
-        oracle, mixture = load_oracle(cfg, sampler)
+        model = load_oracle(cfg, sampler)
         print_config(cfg, oracle_choices())
-        return oracle, mixture, None
+        return model
     given = [group for group in ("data", "model", "schedule") if cfg.get(group) is not None]
     if given:
         raise DifforgeError(
             f"{', '.join(given)} cannot be chosen with ckpt_path: a checkpoint brings its own "
             "(drop them, or drop ckpt_path for model=gmm_oracle)"
         )
-    from difforge.training.build import module_from_checkpoint
-
     guidance_scale = cfg.get("guidance_scale")
     if guidance_scale is not None:
         guidance_scale = check_guidance_scale(guidance_scale)
-    module, train_cfg = module_from_checkpoint(cfg.ckpt_path)
-    module.sampler = sampler
+    model = load(cfg.ckpt_path, device, kind="difforge", sampler=sampler)
+    # A difforge checkpoint: a trained module with its training config.
+    assert not isinstance(model.module, OracleSampling) and model.config is not None
     if guidance_scale is not None:
-        if module.num_classes == 0:
+        if model.num_classes == 0:
             raise DifforgeError(
                 f"guidance_scale={cfg.guidance_scale} needs a class-conditional model; "
                 f"{cfg.ckpt_path} is unconditional (model.num_classes=0)"
             )
-        module.guidance_scale = guidance_scale
-    check_guidance_trained(module.guidance_scale, module.class_dropout)
-    module.to(device)
-    print_config(cfg, train_cfg.get("choices"))  # checkpoints from before 2026-11-30 have none
-    return module, known_mixture(train_cfg.data), train_cfg
+        model.module.guidance_scale = guidance_scale
+    check_guidance_trained(model.module.guidance_scale, model.module.class_dropout)
+    print_config(cfg, model.config.get("choices"))  # checkpoints from before 2026-11-30 have none
+    return model
 
 
 def oracle_choices() -> dict[str, str]:
@@ -173,22 +132,6 @@ def oracle_choices() -> dict[str, str]:
         "model": choices["model"],
         "schedule": choices.get("schedule") or ORACLE_SCHEDULE,
     }
-
-
-def load_pretrained(cfg: DictConfig, sampler: Sampler, device: torch.device) -> DiffusionModule:
-    """The diffusers pipeline folder ``cfg.pretrained`` as a difforge model."""
-    from difforge.interop.diffusers_pipeline import load_pipeline
-
-    if cfg.ckpt_path is not None:
-        raise DifforgeError(
-            "give either ckpt_path= (a difforge checkpoint) or pretrained= (a diffusers folder), not both"
-        )
-    if cfg.get("guidance_scale") is not None and check_guidance_scale(cfg.guidance_scale) != 1.0:
-        raise DifforgeError(
-            f"guidance_scale={cfg.guidance_scale}: a diffusers UNet2DModel has no null class label for guidance"
-        )
-    module: DiffusionModule = load_pipeline(cfg.pretrained, sampler)
-    return module.to(device)
 
 
 def load_noise(path: str, num_samples: int, data_shape: tuple[int, ...]) -> torch.Tensor:
@@ -237,11 +180,10 @@ def generate(
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
-    if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
-        raise DifforgeError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
-    device = pick_device(str(cfg.device))
+    device = resolve_device(cfg.device)
     sampler: Sampler = instantiate(cfg.sampler)
-    model, mixture, _ = load_model(cfg, sampler, device)
+    loaded = load_model(cfg, sampler, device)
+    model, mixture = loaded.module, loaded.mixture
     noise = None
     if cfg.get("noise") is not None:
         if isinstance(model, OracleSampling):

@@ -261,16 +261,6 @@ def check_launch(trainer: L.Trainer, cfg: DictConfig) -> None:
         )
 
 
-# Trainer settings that must be integers (None allowed where Lightning allows it).
-INTEGER_TRAINER_KEYS = (
-    "max_steps",
-    "max_epochs",
-    "num_nodes",
-    "accumulate_grad_batches",
-    "log_every_n_steps",
-)
-
-
 def check_inception_weights(cfg: DictConfig, datamodule: Any, callbacks: list[Any]) -> None:
     """``metrics.inception_weights`` only feeds the FID callback's Inception network: refuse it
     where no Inception FID runs (no FID callback, vector data, data with its own classifier)."""
@@ -291,15 +281,6 @@ def check_inception_weights(cfg: DictConfig, datamodule: Any, callbacks: list[An
         raise DifforgeError(f"metrics.inception_weights={weights} cannot apply: {reason}")
 
 
-def check_trainer_config(trainer_cfg: DictConfig) -> None:
-    for key in INTEGER_TRAINER_KEYS:
-        value = trainer_cfg.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise DifforgeError(f"trainer.{key} must be an integer, got {value!r}")
-    if trainer_cfg.get("max_steps") == 0:
-        raise DifforgeError("trainer.max_steps must be positive (or -1 for no limit), got 0")
-
-
 @finishes_wandb_run
 def train(cfg: DictConfig) -> float | None:
     ckpt_path = resolve_ckpt_path(cfg)
@@ -308,7 +289,6 @@ def train(cfg: DictConfig) -> float | None:
         checkpoint = load_checkpoint(ckpt_path)
         cfg = resumed_config(cfg, ckpt_path, checkpoint)
     print_config(cfg)
-    check_trainer_config(cfg.trainer)
     finished = checkpoint is not None and nothing_left_to_train(
         cfg, ckpt_path, checkpoint["global_step"]
     )
