@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -46,8 +45,6 @@ from difforge.posterior.samplers.registry import POSTERIORS, posterior_sample
 Row = dict[str, Any]
 DIMS: tuple[int, ...] = (8, 80, 800)
 D_YS: tuple[int, ...] = (1, 2, 4)
-NUM_PROJECTIONS = 1000  # sliced Wasserstein projections, shared by a problem's runs
-Z = 1.96  # the normal's 97.5 % quantile: mean +- Z x standard error is a 95 % interval
 
 
 def schedule() -> NoiseSchedule:
@@ -179,11 +176,12 @@ def steps_for(name: str, nfe: int, options: dict[str, Any]) -> int:
         ValueError: not even one step fits.
     """
     spec = POSTERIORS[name]
-    steps = max(1, nfe // spec.evals_per_step)
-    while steps >= 1 and spec.nfe(steps, **options) > nfe:
-        steps -= 1
-    if steps < 1:
+    if spec.nfe(1, **options) > nfe:
         raise ValueError(f"posterior={name} with {options}: one step takes more than {nfe} NFE")
+    steps = 1
+    # Up to the schedule's 1000 timesteps; SDEdit's count grows slower than its steps.
+    while steps < 1000 and spec.nfe(steps + 1, **options) <= nfe:
+        steps += 1
     return steps
 
 
@@ -214,41 +212,36 @@ def run_difforge(
 
 @dataclass
 class Reference:
-    """A problem's exact posterior samples (the reference every method is measured against) and
-    the floor: the same metrics for a second, independent set of exact samples of size ``n``."""
+    """A problem's exact posterior samples, which every method is measured against, and the
+    floor: the same metrics for a second, independent set of exact samples of the same size."""
 
     samples: Tensor
     floor_sw: float
     floor_weight_tv: float
-    projection_seed: int
 
 
 def reference(problem: Problem, n: int) -> Reference:
+    """``n`` exact posterior samples of ``problem`` and its floor (as ``metrics.exact_floor``,
+    with the component-weight error too)."""
     gen = torch.Generator().manual_seed(20_000 + problem.seed)
-    ref = problem.posterior.sample(n, gen)
+    samples = problem.posterior.sample(n, gen)
     other = problem.posterior.sample(n, gen)
-    projection_seed = 30_000 + problem.seed
-    floor = score(other, problem, Reference(ref, math.nan, math.nan, projection_seed))
-    return Reference(ref, floor["sw"], floor["weight_tv"], projection_seed)
+    floor = score(other, problem, Reference(samples, math.nan, math.nan))
+    return Reference(samples, floor["sw"], floor["weight_tv"])
 
 
 def score(samples: Tensor, problem: Problem, ref: Reference) -> dict[str, float]:
-    """``sw``: sliced Wasserstein to the reference exact samples (the same projections for every
-    method on this problem); ``weight_tv``: the total-variation distance between the components'
-    posterior weights estimated from the samples and the exact ones,
-    ``0.5 sum_k |w_hat_k - w_k|`` (0: the mass sits on the right modes; 1: on none of them).
-    Non-finite samples score inf."""
+    """``sw``: the sliced Wasserstein distance to the reference exact samples (``metrics``'
+    default projections: the same for every method); ``weight_tv``: the total-variation
+    distance between the components' posterior weights as the samples have them
+    (``metrics.component_weights``) and the exact ones, ``0.5 sum_k |w_hat_k - w_k|`` (0: the
+    mass sits on the right modes; 1: on none of them). Non-finite samples score inf."""
     if not bool(torch.isfinite(samples).all()):
         return {"sw": math.inf, "weight_tv": math.inf}
-    sw = metrics.sliced_wasserstein(
-        samples,
-        ref.samples,
-        num_projections=NUM_PROJECTIONS,
-        generator=torch.Generator().manual_seed(ref.projection_seed),
-    )
+    sw = metrics.sliced_wasserstein(samples, ref.samples)
     weights = metrics.component_weights(samples, problem.posterior)
     tv = 0.5 * float((weights - problem.posterior.weights.to(weights)).abs().sum())
-    return {"sw": float(sw), "weight_tv": tv}
+    return {"sw": sw, "weight_tv": tv}
 
 
 def leaderboard(
@@ -358,13 +351,11 @@ def smc_sweep(
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and 1.96 x standard error (0 for one value; inf when a value is)."""
+    """Mean and 1.96 x standard error over the draws (``metrics.mean_and_interval``); inf when a
+    run failed."""
     if any(not math.isfinite(v) for v in values):
         return math.inf, math.inf
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, Z * statistics.stdev(values) / math.sqrt(len(values))
+    return metrics.mean_and_interval(list(values))
 
 
 def summarize(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
