@@ -109,9 +109,78 @@ class FullCovMixture:
         return within + torch.einsum("k,ki,kj->ij", self.weights, centred, centred)
 
 
+class MixturePosterior(FullCovMixture):
+    """The posterior :func:`mixture_posterior` returns, kept in its low-rank form: each
+    covariance is a diagonal minus a rank-``d_y`` term, so drawing ``n`` samples and their
+    densities costs ``O(n d_x d_y)`` per component, not the ``O(d_x^3)`` of a factorisation.
+
+    Sampling uses Matheron's rule (pathwise conditioning; Hoffman & Ribak 1991, Wilson et al.
+    2020, eq. 7): ``x = x_0 + G_k (y - A x_0 - sigma_y e)`` with ``x_0 ~ N(m_k, S_k)`` and
+    ``e ~ N(0, I)`` is an exact draw of component ``k`` of the posterior. Densities use the
+    precision ``S_k^{-1} + A^T A / sigma_y^2`` and the determinant lemma,
+    ``log det S'_k = log det S_k - log det C_k + 2 d_y log sigma_y``; with ``sigma_y = 0`` the
+    density is taken on ``{A x = y}`` (the point projected on it), where the precision is
+    ``S_k^{-1}`` and ``log pdet S'_k = log det S_k - log det C_k + log det(A A^T)``.
+    ``covs`` (``(K, d_x, d_x)``) is built only when read.
+    """
+
+    def __init__(
+        self,
+        weights: Tensor,
+        means: Tensor,
+        prior_means: Tensor,
+        prior_variances: Tensor,
+        A: Tensor,
+        sigma_y: float,
+        y: Tensor,
+        gain_t: Tensor,
+        chol: Tensor,
+    ) -> None:
+        self.weights, self.means = weights, means
+        self.prior_means, self.prior_variances = prior_means, prior_variances
+        self.A, self.sigma_y, self.y = A, sigma_y, y
+        self.gain_t, self.chol = gain_t, chol  # C_k^{-1} A S_k (K, d_y, D); chol(C_k)
+
+    @cached_property
+    def covs(self) -> Tensor:  # type: ignore[override]
+        AS = self.A[None] * self.prior_variances[:, None, :]
+        covs = torch.diag_embed(self.prior_variances) - AS.transpose(1, 2) @ self.gain_t
+        return (covs + covs.transpose(1, 2)) / 2  # symmetric to rounding
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
+        e = torch.randn(n, self.A.shape[0], dtype=torch.float64, generator=generator)
+        prior = self.prior_means[component] + self.prior_variances[component].sqrt() * z
+        innovation = self.y - prior @ self.A.T - self.sigma_y * e  # (n, d_y)
+        return prior + torch.einsum("nyd,ny->nd", self.gain_t[component], innovation)
+
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        x = x.to(torch.float64).reshape(x.shape[0], -1)
+        d_y, d_x = self.A.shape
+        log_det_c = 2 * torch.diagonal(self.chol, dim1=-2, dim2=-1).log().sum(-1)  # (K,)
+        log_det = self.prior_variances.log().sum(-1) - log_det_c
+        if self.sigma_y > 0:
+            log_det = log_det + 2 * d_y * math.log(self.sigma_y)
+            rank = d_x
+        else:
+            gram = self.A @ self.A.T
+            x = x - torch.linalg.solve(gram, x @ self.A.T - self.y, left=False) @ self.A
+            log_det = log_det + torch.logdet(gram)
+            rank = d_x - d_y
+        out = torch.empty(x.shape[0], self.num_components, dtype=torch.float64)
+        for k in range(self.num_components):
+            delta = x - self.means[k]
+            mahalanobis = (delta**2 / self.prior_variances[k]).sum(-1)
+            if self.sigma_y > 0:
+                mahalanobis = mahalanobis + ((delta @ self.A.T) ** 2).sum(-1) / self.sigma_y**2
+            out[:, k] = -0.5 * (mahalanobis + log_det[k] + rank * math.log(2 * math.pi))
+        return out
+
+
 def mixture_posterior(
     mixture: GaussianMixture, A: Tensor | LinearOperator, y: Tensor, sigma_y: float
-) -> FullCovMixture:
+) -> MixturePosterior:
     """The exact posterior ``p(x | y)`` of the prior ``mixture`` (``K`` diagonal components in
     ``D = d_x`` dimensions) under ``y = A x + sigma_y n``.
 
@@ -123,8 +192,8 @@ def mixture_posterior(
         sigma_y: the measurement noise standard deviation, ``>= 0``.
 
     Returns:
-        :class:`FullCovMixture` with the updated weights ``(K,)``, means ``(K, d_x)`` and
-        covariances ``(K, d_x, d_x)``, float64.
+        :class:`MixturePosterior` (a :class:`FullCovMixture`) with the updated weights
+        ``(K,)``, means ``(K, d_x)`` and covariances ``(K, d_x, d_x)``, float64.
 
     Raises:
         ValueError: ``sigma_y < 0``; shapes that do not match; ``sigma_y = 0`` with an ``A``
@@ -152,8 +221,6 @@ def mixture_posterior(
     residual = y - mixture.means @ A.T  # y - A m_k: (K, d_y)
     gain_t = torch.cholesky_solve(AS, chol)  # C_k^{-1} A S_k = G_k^T: (K, d_y, D)
     means = mixture.means + torch.einsum("kyd,ky->kd", gain_t, residual)
-    covs = torch.diag_embed(variances) - AS.transpose(1, 2) @ gain_t
-    covs = (covs + covs.transpose(1, 2)) / 2  # symmetric to rounding
     whitened = torch.linalg.solve_triangular(chol, residual[..., None], upper=False)[..., 0]
     log_evidence = (
         -0.5 * (whitened**2).sum(-1)
@@ -161,4 +228,4 @@ def mixture_posterior(
         - 0.5 * A.shape[0] * math.log(2 * math.pi)
     )
     weights = torch.softmax(mixture.weights.log() + log_evidence, dim=0)
-    return FullCovMixture(weights, means, covs)
+    return MixturePosterior(weights, means, mixture.means, variances, A, sigma_y, y, gain_t, chol)

@@ -62,10 +62,12 @@ def build_operator(name: str, x_shape: tuple[int, ...], **options: Any) -> Linea
 
 def operator_from_config(config: Mapping[str, Any], x_shape: tuple[int, ...]) -> LinearOperator:
     """The operator a ``configs/operator/<name>.yaml`` node describes (its ``_target_`` is the
-    builder; the other keys are options), checked as :func:`build_operator` checks."""
+    builder, Hydra's other ``_keys_`` are skipped, the rest are options), checked as
+    :func:`build_operator` checks. ``config``: a plain mapping
+    (``OmegaConf.to_container(cfg.operator, resolve=True)``)."""
     targets = {f"{fn.__module__}.{fn.__name__}": name for name, fn in OPERATORS.items()}
     target = str(config.get("_target_", ""))
     if target not in targets:
         raise ValueError(f"operator._target_ must be one of {', '.join(targets)}, got {target!r}")
-    options = {key: value for key, value in config.items() if key != "_target_"}
+    options = {key: value for key, value in config.items() if not str(key).startswith("_")}
     return build_operator(targets[target], x_shape, **options)
