@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--particles", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
+        "--leaderboard-particles",
+        type=int,
+        default=4,
+        help="the SMC method's particles in the leaderboard: at equal NFE per "
+        "sample they divide its steps (NFE = steps x particles)",
+    )
+    parser.add_argument(
         "--smc-dims",
         type=int,
         nargs="+",
@@ -113,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     started = time.perf_counter()
     dims = [(d_x, d_y) for d_x in args.dims for d_y in args.d_ys]
+    smc_methods = [n for n in args.methods if bench.is_smc(POSTERIORS[n])]
+    options = {n: {"num_particles": args.leaderboard_particles} for n in smc_methods}
     rows = []
     for d_x, d_y in dims:
         draws = args.draws_800 if d_x == 800 and args.draws_800 else args.draws
-        rows += bench.leaderboard(args.methods, [(d_x, d_y)], args.nfe, draws, args.samples)
+        rows += bench.leaderboard(
+            args.methods, [(d_x, d_y)], args.nfe, draws, args.samples, options
+        )
     smc_rows = []
     if args.smc is not None:
         smc_rows = bench.smc_sweep(
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "smc_rows": smc_rows,
     }
-    report = bench.report(rows, smc_rows, args.smc, header + f"\ntotal {seconds:.0f} s")
+    report = bench.report(rows, smc_rows, args.smc, header + f"\ntotal {seconds:.0f} s\n")
     print("\n" + report)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         peers.peer_configs(deepinv=with_deepinv),
     )
     seconds = time.perf_counter() - started
-    report = peers.report(rows, header + f"\ntotal {seconds:.0f} s")
+    report = peers.report(rows, header + f"\ntotal {seconds:.0f} s\n")
     print("\n" + report)
     results: dict[str, Any] = {
         "machine": info,

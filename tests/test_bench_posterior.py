@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_bench_scripts import ROOT, assert_header, run_script, table_rows
 
 from difforge.benchmarks import posterior as bench
 from difforge.benchmarks import posterior_peers as peers
 from difforge.diffusion.gaussian_mixture import GaussianMixture, GaussianMixtureOracle
 from difforge.posterior.samplers.registry import POSTERIORS
+from test_bench_scripts import ROOT, assert_header, run_script, table_rows
 
 needs_deepinv = pytest.mark.skipif(
     not peers.deepinv_available(), reason="deepinv is not importable (an optional peer)"

@@ -282,6 +282,12 @@ def leaderboard(
     return rows
 
 
+def label(name: str, options: dict[str, Any]) -> str:
+    """``name`` with its options, e.g. ``mcgdiff (num_particles=4)``."""
+    opts = ", ".join(f"{k}={v}" for k, v in options.items())
+    return f"{name} ({opts})" if opts else name
+
+
 def measure(
     name: str,
     problem: Problem,
@@ -297,7 +303,7 @@ def measure(
     scored (see ``leaderboard``). ``nfe`` in the row is the budget; ``nfe_used`` the method's
     evaluations per sample by the registry's count, ``calls`` the denoiser calls counted."""
     start = time.perf_counter()
-    row: Row = {"method": name, "nfe": nfe, **{f"option_{k}": v for k, v in options.items()}}
+    row: Row = {"method": label(name, options), "nfe": nfe, "options": options}
     try:
         if steps is None:
             assert nfe is not None
