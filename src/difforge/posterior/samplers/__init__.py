@@ -119,7 +119,7 @@ class PosteriorSampler:
         y = y.repeat_interleave(n, 0)
         labels = None if class_labels is None else class_labels.repeat_interleave(n, 0)
         x_init = None
-        if not self.spec.draws_own_start:
+        if not self.spec.own_start:
             gen_device = generator.device if generator is not None else y.device
             shape = (y.shape[0], *operator.x_shape)
             noise = torch.randn(shape, generator=generator, device=gen_device, dtype=y.dtype)

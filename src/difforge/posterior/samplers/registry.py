@@ -23,8 +23,13 @@ from torch import Tensor
 from difforge.checks import check_real
 from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, noise_like
 from difforge.posterior.operators.base import LinearOperator
+from difforge.posterior.samplers.ddnm import check_ddnm_options, sample_ddnm
+from difforge.posterior.samplers.ddrm import check_ddrm_options, sample_ddrm
 from difforge.posterior.samplers.dps import check_dps_options, sample_dps
+from difforge.posterior.samplers.mcgdiff import check_mcgdiff_options, mcgdiff_nfe, sample_mcgdiff
 from difforge.posterior.samplers.pigdm import check_pigdm_options, sample_pigdm
+from difforge.posterior.samplers.repaint import check_repaint_options, repaint_nfe, sample_repaint
+from difforge.posterior.samplers.sdedit import check_sdedit_options, sample_sdedit, sdedit_steps
 
 # Arguments every method takes that are not user options.
 _COMMON = frozenset(
@@ -53,7 +58,7 @@ class PosteriorSpec:
         nfe_of: ``(steps, options) -> NFE per sample`` where it is not
             ``evals_per_step * steps`` (SDEdit runs part of the grid, RePaint goes back up,
             SMC evaluates every particle).
-        draws_own_start: draws its own starting points (particles); takes no ``x_init``.
+        own_start: starts from its own points (SMC particles, SDEdit's noised guide): takes no ``x_init``.
     """
 
     name: str
@@ -65,7 +70,7 @@ class PosteriorSpec:
     needs_grad: bool = False
     check: Callable[..., None] = _no_options
     nfe_of: Callable[[int, dict[str, Any]], int] | None = None
-    draws_own_start: bool = False
+    own_start: bool = False
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -129,6 +134,45 @@ SPECS: tuple[PosteriorSpec, ...] = (
         needs_svd=True,
         needs_grad=True,
         check=check_pigdm_options,
+    ),
+    PosteriorSpec(
+        "ddrm",
+        sample_ddrm,
+        "DDRM (Kawar et al. 2022), spectral steps with eta, eta_b",
+        needs_svd=True,
+        check=check_ddrm_options,
+    ),
+    PosteriorSpec(
+        "ddnm",
+        sample_ddnm,
+        "DDNM / DDNM+ (Wang et al. 2023), null-space projection",
+        needs_svd=True,
+        check=check_ddnm_options,
+    ),
+    PosteriorSpec(
+        "repaint",
+        sample_repaint,
+        "RePaint (Lugmayr et al. 2022), inpainting with resampling jumps",
+        needs_mask=True,
+        check=check_repaint_options,
+        nfe_of=repaint_nfe,
+    ),
+    PosteriorSpec(
+        "sdedit",
+        sample_sdedit,
+        "SDEdit (Meng et al. 2022), noise the guide to sigma(t0) and denoise",
+        check=check_sdedit_options,
+        nfe_of=lambda steps, options: sdedit_steps(steps, options["strength"]),
+        own_start=True,
+    ),
+    PosteriorSpec(
+        "mcgdiff",
+        sample_mcgdiff,
+        "MCGdiff (Cardoso et al. 2024), SMC, exact as num_particles grows",
+        needs_svd=True,
+        check=check_mcgdiff_options,
+        nfe_of=mcgdiff_nfe,
+        own_start=True,
     ),
 )
 POSTERIORS: dict[str, PosteriorSpec] = {spec.name: spec for spec in SPECS}
@@ -195,8 +239,8 @@ def posterior_sample(
     shape = (y.shape[0], *operator.x_shape)
     if x_init is None:
         x = float(sigmas[0]) * noise_like(y.new_empty(shape), generator)
-    elif spec.draws_own_start:
-        raise ValueError(f"posterior={name} draws its own particles: x_init must be None")
+    elif spec.own_start:
+        raise ValueError(f"posterior={name} starts from its own points: x_init must be None")
     elif tuple(x_init.shape) != shape:
         raise ValueError(f"x_init must have shape {shape}, got {tuple(x_init.shape)}")
     else:
