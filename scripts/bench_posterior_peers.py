@@ -51,11 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--kinds", nargs="+", choices=tuple(bench.PROBLEMS), default=list(bench.PROBLEMS)
     )
-    parser.add_argument("--dims", type=int, nargs="+", default=[8, 80, 800], help="d_x values")
+    parser.add_argument("--dims", type=int, nargs="+", default=[8, 80], help="d_x values")
     parser.add_argument("--d-ys", type=int, nargs="+", default=[1, 4], help="d_y values")
     parser.add_argument("--nfe", type=int, nargs="+", default=[100])
-    parser.add_argument("--draws", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--no-deepinv", action="store_true", help="diffusers' RePaint only")
     parser.add_argument(
         "--quick", action="store_true", help="seconds: d_x 8, d_y 1, 2 draws, 200 samples, NFE 20"
