@@ -46,10 +46,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--nfe", type=int, nargs="+", default=[20, 100], help="network evaluations per sample"
     )
-    parser.add_argument("--draws", type=int, default=20, help="problem draws per (d_x, d_y)")
-    parser.add_argument("--samples", type=int, default=1000, help="samples per problem")
     parser.add_argument(
-        "--draws-800", type=int, default=None, help="problem draws at d_x = 800 (default: --draws)"
+        "--draws", type=int, default=5, help="problem draws per (d_x, d_y) (Cardoso et al.: 20)"
+    )
+    parser.add_argument("--samples", type=int, default=500, help="samples per problem")
+    parser.add_argument(
+        "--draws-800", type=int, default=2, help="problem draws at d_x = 800 (0: --draws)"
+    )
+    parser.add_argument(
+        "--samples-800",
+        type=int,
+        default=200,
+        help="samples per problem at d_x = 800 (0: --samples)",
     )
     parser.add_argument(
         "--smc",
@@ -78,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="steps of the particle sweep (NFE per sample: steps x particles)",
     )
     parser.add_argument("--smc-samples", type=int, default=200, help="samples per problem")
-    parser.add_argument("--smc-draws", type=int, default=10)
+    parser.add_argument("--smc-draws", type=int, default=5)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -91,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.dims, args.d_ys, args.nfe, args.draws, args.samples = [8], [1], [10, 20], 2, 200
         args.particles, args.smc_dims, args.smc_steps = [1, 4], [8], 10
         args.smc_samples, args.smc_draws = 100, 2
+    if min(args.draws_800, args.samples_800) < 0:
+        parser.error("--draws-800 and --samples-800 must be >= 0 (0: --draws, --samples)")
     if min(args.draws, args.samples, args.smc_samples, args.smc_draws, *args.nfe) < 1:
         parser.error("--draws, --samples, --smc-samples, --smc-draws and --nfe must be >= 1")
     if args.samples < 2 or args.smc_samples < 2:
@@ -115,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['nproc']} cores, {info['cpu']}, torch {info['torch']} "
         f"({info['threads']} thread)\ncommand: {command}\n"
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.samples} samples per "
-        f"problem, {args.draws} draws, NFE {args.nfe}, methods {', '.join(args.methods)}"
+        f"problem, {args.draws} draws (d_x = 800: {args.samples_800 or args.samples} samples, "
+        f"{args.draws_800 or args.draws} draws), NFE {args.nfe}, methods {', '.join(args.methods)}"
     )
     print(header, flush=True)
     started = time.perf_counter()
@@ -125,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for d_x, d_y in dims:
         draws = args.draws_800 if d_x == 800 and args.draws_800 else args.draws
-        rows += bench.leaderboard(
-            args.methods, [(d_x, d_y)], args.nfe, draws, args.samples, options
-        )
+        samples = args.samples_800 if d_x == 800 and args.samples_800 else args.samples
+        rows += bench.leaderboard(args.methods, [(d_x, d_y)], args.nfe, draws, samples, options)
     smc_rows = []
     if args.smc is not None:
         smc_rows = bench.smc_sweep(
