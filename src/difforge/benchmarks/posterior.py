@@ -373,7 +373,7 @@ def summarize(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
     for key, group in groups.items():
         sw, sw_ci = mean_ci([r["sw"] for r in group])
         tv, tv_ci = mean_ci([r["weight_tv"] for r in group])
-        calls = max(r.get("nfe_used", r.get("calls", 0)) for r in group)
+        calls = max(int(r.get("nfe_used") or 0) for r in group)
         errors = sorted({r["error"] for r in group if "error" in r})
         out.append(
             dict(zip(keys, key, strict=True))

@@ -53,6 +53,7 @@ from difforge.benchmarks.posterior import (
     Row,
     schedule,
 )
+from difforge.posterior.operators.mask import MaskOperator
 from difforge.posterior.samplers.registry import POSTERIORS
 
 # Half the range of the signals handed to deepinv in [0, 1] units: the test bed's means lie in
@@ -208,7 +209,7 @@ def repaint_nfe(steps: int, jump_length: int, jump_n_sample: int) -> int:
     """The model calls of RePaint's loop: the downward moves of ``set_timesteps``' schedule."""
     from diffusers import RePaintScheduler
 
-    scheduler = RePaintScheduler()
+    scheduler: Any = RePaintScheduler()
     scheduler.set_timesteps(steps, jump_length, jump_n_sample)
     t = scheduler.timesteps
     return 1 + int((t[1:] < t[:-1]).sum())
@@ -230,7 +231,8 @@ def run_repaint(
     image conversion) within ``nfe`` calls; ``problem`` must be measured through a mask."""
     from diffusers import RePaintScheduler
 
-    if not problem.operator.is_mask:
+    operator = problem.operator
+    if not isinstance(operator, MaskOperator):
         raise ValueError("RePaint needs an inpainting mask operator")
     jump_length, jump_n_sample = config.options["jump_length"], config.options["jump_n_sample"]
     steps = repaint_steps(nfe, jump_length, jump_n_sample)
@@ -239,19 +241,20 @@ def run_repaint(
     ddpm = schedule()
     kwargs = schedule_kwargs(ddpm)
     del kwargs["prediction_type"]  # RePaint predicts the noise, always
-    scheduler = RePaintScheduler(**kwargs, eta=1.0, clip_sample=False)
+    scheduler: Any = RePaintScheduler(**kwargs, eta=1.0, clip_sample=False)
     check_alphas_cumprod(scheduler, ddpm)
     scheduler.set_timesteps(steps, jump_length, jump_n_sample)
     counter = CountingDenoiser(IsotropicMixtureDenoiser(problem.mixture))
-    mask = problem.operator.mask.reshape(1, -1).to(torch.float64)
-    known = problem.operator.adjoint(problem.y).reshape(1, -1).to(torch.float64)
+    mask = operator.mask.reshape(1, -1).to(torch.float64)
+    known = operator.adjoint(problem.y).reshape(1, -1).to(torch.float64)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, problem.d_x, generator=generator, dtype=torch.float64)
     t_last = scheduler.timesteps[0] + 1
     for t in scheduler.timesteps:
         if t < t_last:
             abar = float(scheduler.alphas_cumprod[int(t)])
-            eps = exact_eps(counter, x, math.sqrt((1 - abar) / abar))
+            # Any denoiser with the oracle's signature serves exact_eps.
+            eps = exact_eps(counter, x, math.sqrt((1 - abar) / abar))  # type: ignore[arg-type]
             x = scheduler.step(eps, t, x, known, mask, generator).prev_sample
         else:
             x = scheduler.undo_step(x, t_last, generator)
