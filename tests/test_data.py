@@ -708,6 +708,7 @@ def test_config_overrides(tmp_path):
         ("gmm1d", ["data.means=[-4,0,4]", "data.weights=[1,1,2]", "data.num_classes=0"]),
         ("gmm2d", []),
         ("gmm2d", ["data.layout=grid", "data.num_components=9", "data.std=0.2"]),
+        ("gmm_grid25", ["data.dim=80", "data.mixture_seed=3", "data.num_classes=0"]),
         ("moons", []),
         ("digits", []),
     ],
@@ -731,6 +732,8 @@ def test_known_mixture_is_the_data_modules_law(name, overrides, tmp_path):
     [
         ("gmm2d", ["data.layout=grid", "data.num_components=8"], "square data.num_components"),
         ("gmm1d", ["data.dim=2"], "set data.dim=1"),
+        ("gmm_grid25", ["data.dim=9"], "data.dim must be even"),
+        ("gmm_grid25", ["data.num_classes=5"], "data.num_classes must be 25"),
     ],
 )
 def test_known_mixture_refuses_what_the_data_module_refuses(name, overrides, message, tmp_path):

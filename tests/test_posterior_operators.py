@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,6 +158,26 @@ def test_every_operator_config_is_registered():
     assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(OPERATORS)
 
 
+@pytest.mark.parametrize(
+    "name,options",
+    [("super_resolution", {"factor": 4}), ("blur", {}), ("colorize", {}), ("inpaint_box", {})],
+)
+def test_closed_forms_need_no_dense_matrix(name, options):
+    """On a 3x64x64 image (d_x above the dense limit) the SVD and pinv are closed-form:
+    V^T V = I on random vectors, A A^+ y = y, and A = U diag(s) V^T on random x."""
+    op = build_operator(name, (3, 64, 64), **options)
+    with pytest.raises(ValueError, match="too large for a dense matrix"):
+        op.matrix()
+    svd = op.svd()
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(svd.V(svd.Vt(x)), x, rtol=0, atol=1e-10)
+    coeffs = svd.Vt(x)[:, : svd.s.numel()] * svd.s
+    torch.testing.assert_close(svd.U(coeffs), op.forward(x), rtol=0, atol=1e-10)
+    y = torch.randn(2, op.d_y, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(op.forward(op.pinv(y)), y, rtol=0, atol=1e-8)
+
+
 def test_closed_forms():
     """The singular values the papers give: pooling by f is 1/f, colourisation 1/sqrt(3),
     masks 1; a blur keeps constants away from the border and is symmetric."""
@@ -200,10 +222,20 @@ def test_closed_forms():
         ("blur", (1, 6, 6), {"std": 0.0}, r"^operator\.std must be > 0, got 0\.0$"),
         ("inpaint_box", (1, 6, 6), {"size": 1.0}, r"^operator\.size must be in \(0, 1\)"),
         ("inpaint_box", (1, 6, 6), {"size": 0.05}, r"^operator\.size=0\.05 hides no pixel"),
-        ("inpaint_box", (1, 1, 1), {"size": 0.9}, r"observes nothing"),
+        (
+            "inpaint_box",
+            (1, 1, 1),
+            {"size": 0.9},
+            r"^operator inpaint_box observes nothing on x_shape \(1, 1, 1\): give a smaller operator\.size$",
+        ),
         ("inpaint_half", (1, 4, 4), {"side": "middle"}, r"^operator\.side must be one of left"),
         ("inpaint_half", (4,), {"side": "top"}, r"^operator\.side must be one of left, right,"),
-        ("inpaint_random", (1, 2, 2), {"p": 0.99999}, r"observes nothing"),
+        (
+            "inpaint_random",
+            (1, 2, 2),
+            {"p": 0.99999},
+            r"^operator inpaint_random observes nothing .*: operator\.p=0\.99999 hid every pixel",
+        ),
         ("inpaint_random", (1, 2, 2), {"p": 1.0}, r"^operator\.p must be in \[0, 1\)"),
         (
             "random_projection",
@@ -230,3 +262,19 @@ def test_errors_are_one_line(name, shape, options, message):
     with pytest.raises(ValueError, match=message) as error:
         build_operator(name, shape, **options)
     assert "\n" not in str(error.value)
+
+
+def test_the_posterior_math_imports_torch_only():
+    """Operators, the exact posterior, metrics and the test bed load without Lightning or Hydra
+    (like difforge.diffusion)."""
+    code = (
+        "import sys; import difforge.posterior.operators.registry, difforge.posterior.exact, "
+        "difforge.posterior.metrics, difforge.posterior.testbed; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'hydra', 'omegaconf', 'lightning', 'pytorch_lightning', 'torchvision', 'diffusers'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

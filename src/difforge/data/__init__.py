@@ -2,7 +2,7 @@
 
 One Hydra config per dataset in ``configs/data/``: ``digits`` (embedded default), ``mnist``,
 ``fashion_mnist``, ``cifar10``, ``image_folder``, and the vector toys ``gmm1d``, ``gmm2d``,
-``moons``, ``swiss_roll``. See :mod:`difforge.data.base` for the shared contract.
+``gmm_grid25``, ``moons``, ``swiss_roll``. See :mod:`difforge.data.base` for the shared contract.
 
 The names below are imported on first use, so that ``difforge.data.options`` and
 ``difforge.data.mixtures`` (no Lightning) load without the data modules.
@@ -23,6 +23,7 @@ _EXPORTS = {
     "FashionMNISTDataModule": "torchvision_sets",
     "GaussianMixture2dDataModule": "toys",
     "GaussianMixtureDataModule": "toys",
+    "GridMixtureDataModule": "toys",
     "ImageDataModule": "base",
     "ImageFolderDataModule": "image_folder",
     "ImageReadError": "options",

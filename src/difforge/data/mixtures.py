@@ -1,4 +1,4 @@
-"""The laws of the Gaussian-mixture data (``gmm1d``, ``gmm2d``) from their data options, checked
+"""The laws of the Gaussian-mixture data (``gmm1d``, ``gmm2d``, ``gmm_grid25``) from their data options, checked
 as the data modules check them: what the data modules draw from and what the exact model
 (``model=gmm_oracle``) is exact for. Torch and numpy only, no Lightning: sampling the exact model
 needs the law, not the data module."""
@@ -129,11 +129,28 @@ def layout_mixture_law(
     return gaussian_mixture_law(*components, dim=dim, num_classes=num_classes)
 
 
+def grid25_mixture_law(dim: int, mixture_seed: int, num_classes: int) -> GaussianMixture:
+    """The law of ``gmm_grid25``: the 25-component prior of the mixture test bed of Cardoso et
+    al. 2024 in ``data.dim`` (even) dimensions, its weights drawn with ``data.mixture_seed``
+    (:func:`difforge.posterior.testbed.cardoso_mixture`)."""
+    from difforge.posterior.testbed import cardoso_mixture
+
+    dim = check_int("dim", dim, minimum=2)
+    if dim % 2:
+        raise DataConfigError(
+            f"data.dim must be even (the grid's 2-D means repeat dim / 2 times), got {dim}"
+        )
+    mixture = cardoso_mixture(dim, check_int("mixture_seed", mixture_seed, minimum=0))
+    components = (mixture.weights, mixture.means, mixture.stds)
+    return gaussian_mixture_law(*components, dim=dim, num_classes=num_classes)  # type: ignore[arg-type]
+
+
 # The data whose law is known, by their config's ``_target_``: the function of the data options
 # that builds the law (the data module calls the same function).
 KNOWN_LAWS: dict[str, Callable[..., GaussianMixture]] = {
     "difforge.data.toys.GaussianMixtureDataModule": gaussian_mixture_law,
     "difforge.data.toys.GaussianMixture2dDataModule": layout_mixture_law,
+    "difforge.data.toys.GridMixtureDataModule": grid25_mixture_law,
 }
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from difforge.data.base import ArrayDataset, DiffusionDataModule
-from difforge.data.mixtures import gaussian_mixture_law, layout_components
+from difforge.data.mixtures import gaussian_mixture_law, grid25_mixture_law, layout_components
 from difforge.data.options import DataConfigError, check_int
 
 
@@ -177,6 +177,51 @@ class GaussianMixture2dDataModule(GaussianMixtureDataModule):
             weights=weights,  # type: ignore[arg-type]
             means=means,  # type: ignore[arg-type]
             stds=stds,
+            dim=dim,
+            num_classes=num_classes,
+            num_train=num_train,
+            num_val=num_val,
+            num_test=num_test,
+        )
+
+
+class GridMixtureDataModule(GaussianMixtureDataModule):
+    """The prior of the posterior-sampling test bed of Cardoso et al. 2024 (``gmm_grid25``):
+    25 unit-variance Gaussians with means on the 5 x 5 grid ``{-8, -4, 0, 4, 8}^2`` repeated
+    along the ``dim`` coordinates, weights drawn with ``mixture_seed``; the same mixture as
+    ``difforge.posterior.testbed.cardoso_problem(dim, d_y, mixture_seed)``.
+
+    Args:
+        dim: an even dimension (the paper: 8, 80, 800).
+        mixture_seed: draws the weights.
+        num_classes: 25 (component labels) or 0. The rest: see :class:`VectorDataModule`.
+    """
+
+    config_name = "gmm_grid25"
+
+    def __init__(
+        self,
+        batch_size: int = 512,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        dim: int = 8,
+        mixture_seed: int = 0,
+        num_classes: int = 25,
+        num_train: int = 50_000,
+        num_val: int = 5_000,
+        num_test: int = 5_000,
+    ) -> None:
+        law = grid25_mixture_law(dim, mixture_seed, num_classes)
+        self.mixture_seed = mixture_seed
+        super().__init__(
+            batch_size,
+            num_workers,
+            pin_memory,
+            seed,
+            weights=law.weights,  # type: ignore[arg-type]
+            means=law.means,  # type: ignore[arg-type]
+            stds=law.stds,  # type: ignore[arg-type]
             dim=dim,
             num_classes=num_classes,
             num_train=num_train,

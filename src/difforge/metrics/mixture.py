@@ -35,6 +35,13 @@ def wasserstein1_1d(samples: Tensor, mixture: GaussianMixture, grid_points: int 
     return float(torch.trapezoid(gap, grid))
 
 
+def unit_directions(dim: int, num: int, generator: torch.Generator) -> Tensor:
+    """``(dim, num)`` float64 directions drawn uniformly on the unit sphere (normalised
+    Gaussians), one per column."""
+    directions = torch.randn(dim, num, generator=generator, dtype=torch.float64)
+    return directions / directions.norm(dim=0, keepdim=True)
+
+
 def sliced_wasserstein1(
     samples: Tensor, reference: Tensor, num_projections: int = 256, seed: int = 0
 ) -> float:
@@ -44,11 +51,9 @@ def sliced_wasserstein1(
         raise ValueError(
             f"sliced_wasserstein1 needs equal shapes, got {tuple(samples.shape)} and {tuple(reference.shape)}"
         )
-    generator = torch.Generator().manual_seed(seed)
-    directions = torch.randn(
-        samples.shape[1], num_projections, generator=generator, dtype=torch.float64
+    directions = unit_directions(
+        samples.shape[1], num_projections, torch.Generator().manual_seed(seed)
     )
-    directions /= directions.norm(dim=0, keepdim=True)
     # One row per direction: sorting contiguous rows is 2-3x faster than strided columns.
     a = (samples.to(torch.float64) @ directions).T.contiguous().sort(dim=1).values
     b = (reference.to(torch.float64) @ directions).T.contiguous().sort(dim=1).values

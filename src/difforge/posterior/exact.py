@@ -115,7 +115,7 @@ class MixturePosterior(FullCovMixture):
     densities costs ``O(n d_x d_y)`` per component, not the ``O(d_x^3)`` of a factorisation.
 
     Sampling uses Matheron's rule (pathwise conditioning; Hoffman & Ribak 1991, Wilson et al.
-    2020, eq. 7): ``x = x_0 + G_k (y - A x_0 - sigma_y e)`` with ``x_0 ~ N(m_k, S_k)`` and
+    2020): ``x = x_0 + G_k (y - A x_0 - sigma_y e)`` with ``x_0 ~ N(m_k, S_k)`` and
     ``e ~ N(0, I)`` is an exact draw of component ``k`` of the posterior. Densities use the
     precision ``S_k^{-1} + A^T A / sigma_y^2`` and the determinant lemma,
     ``log det S'_k = log det S_k - log det C_k + 2 d_y log sigma_y``; with ``sigma_y = 0`` the

@@ -21,7 +21,9 @@ from torch import Tensor
 
 from difforge.checks import check_int
 from difforge.diffusion.gaussian_mixture import GaussianMixture
-from difforge.posterior.operators.projection import cardoso_matrix
+from difforge.posterior.exact import MixturePosterior, mixture_posterior
+from difforge.posterior.operators.base import LinearOperator
+from difforge.posterior.operators.projection import cardoso_matrix, matrix
 
 GRID = (-8.0, -4.0, 0.0, 4.0, 8.0)
 NUM_COMPONENTS = len(GRID) ** 2
@@ -68,6 +70,14 @@ class Problem(NamedTuple):
     sigma_y: float
     y: Tensor  # (d_y,) float64
     x_true: Tensor  # (d_x,) float64, the prior draw that was measured
+
+    def operator(self) -> LinearOperator:
+        """``A`` as the ``matrix`` operator on ``(d_x,)`` vectors (what the samplers take)."""
+        return matrix((self.mixture.dim,), self.A)
+
+    def posterior(self) -> MixturePosterior:
+        """The exact posterior ``p(x | y)`` (:func:`mixture_posterior`)."""
+        return mixture_posterior(self.mixture, self.A, self.y, self.sigma_y)
 
 
 def cardoso_problem(d_x: int, d_y: int, seed: int) -> Problem:

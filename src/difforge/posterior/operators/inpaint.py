@@ -13,12 +13,17 @@ from difforge.posterior.operators.mask import MaskOperator
 SIDES = ("left", "right", "top", "bottom")
 
 
-def _pixels_to_mask(x_shape: tuple[int, ...], observed: Tensor) -> Tensor:
-    """A mask of ``x_shape`` from a per-pixel (or per-coordinate, for vectors) mask: images
-    share it across channels."""
+def _mask_operator(
+    name: str, x_shape: tuple[int, ...], observed: Tensor, hint: str
+) -> MaskOperator:
+    """The mask operator of a per-pixel (per-coordinate, for vectors) mask ``observed``, shared
+    by the channels of an image; a ValueError naming ``name`` and ``hint`` (the option to change)
+    when it observes nothing."""
+    if not observed.any():
+        raise ValueError(f"operator {name} observes nothing on x_shape {tuple(x_shape)}: {hint}")
     if len(x_shape) == 3:
-        return observed.expand(*x_shape).clone()
-    return observed.reshape(x_shape)
+        return MaskOperator(observed.expand(*x_shape).clone())
+    return MaskOperator(observed.reshape(x_shape))
 
 
 def inpaint_box(x_shape: tuple[int, ...], size: float = 0.5) -> LinearOperator:
@@ -42,7 +47,8 @@ def inpaint_box(x_shape: tuple[int, ...], size: float = 0.5) -> LinearOperator:
     observed = torch.ones(1, h, w, dtype=torch.bool)
     top, left = (h - bh) // 2, (w - bw) // 2
     observed[:, top : top + bh, left : left + bw] = False
-    return MaskOperator(_pixels_to_mask(x_shape, observed)).configured("inpaint_box", size=size)
+    operator = _mask_operator("inpaint_box", x_shape, observed, "give a smaller operator.size")
+    return operator.configured("inpaint_box", size=size)
 
 
 def inpaint_half(x_shape: tuple[int, ...], side: str = "right") -> LinearOperator:
@@ -61,7 +67,9 @@ def inpaint_half(x_shape: tuple[int, ...], side: str = "right") -> LinearOperato
             )
         index = torch.arange(d)
         observed = index >= d // 2 if side == "left" else index < d // 2
-        return MaskOperator(observed).configured("inpaint_half", side=side)
+        return _mask_operator("inpaint_half", x_shape, observed, "choose another side").configured(
+            "inpaint_half", side=side
+        )
     _, h, w = image_shape("inpaint_half", x_shape)
     check_choice("operator.side", side, SIDES)
     rows = torch.arange(h)[:, None].expand(h, w)
@@ -72,7 +80,7 @@ def inpaint_half(x_shape: tuple[int, ...], side: str = "right") -> LinearOperato
         "top": rows < h // 2,
         "bottom": rows >= h - h // 2,
     }[side]
-    return MaskOperator(_pixels_to_mask(x_shape, ~hidden[None])).configured(
+    return _mask_operator("inpaint_half", x_shape, ~hidden[None], "choose another side").configured(
         "inpaint_half", side=side
     )
 
@@ -94,9 +102,9 @@ def inpaint_random(x_shape: tuple[int, ...], p: float = 0.7, seed: int = 0) -> L
     pixels = (1, *x_shape[1:]) if len(x_shape) == 3 else tuple(x_shape)
     generator = torch.Generator().manual_seed(seed)
     observed = torch.rand(pixels, generator=generator) >= p
-    return MaskOperator(_pixels_to_mask(tuple(x_shape), observed)).configured(
-        "inpaint_random", p=p, seed=seed
-    )
+    hint = f"operator.p={p:g} hid every pixel; give a smaller p or another seed"
+    operator = _mask_operator("inpaint_random", tuple(x_shape), observed, hint)
+    return operator.configured("inpaint_random", p=p, seed=seed)
 
 
 def denoise(x_shape: tuple[int, ...]) -> LinearOperator:

@@ -15,9 +15,10 @@ has standard deviation ``c_i = sigma_y / s_i`` and the step weighs ``x0_hat`` by
 
 with ``(sigma_down, sigma_up)`` DDIM's split of the step (``ddim_step``); ``sigma_y = 0`` gives
 ``lambda = 1``, DDNM. DDNM+'s "time travel" (back-and-forth resampling) is not implemented.
-``eta = 0.85`` is the DDIM noise of the DDRM code base DDNM runs on. Not exact on a Gaussian
-prior: the range space is replaced, not conditioned (the prior's correlation between range
-and null space is used only through the denoiser). One network evaluation per step.
+``eta = 0.85`` is the DDIM noise of the DDRM code base DDNM runs on. Exact (as the steps grow)
+only where the posterior factorises in the SVD's coordinates, e.g. an isotropic Gaussian prior
+with ``sigma_y = 0``; otherwise the range space is replaced, not conditioned on the prior's
+correlation with the null space or on ``sigma_y``. One network evaluation per step.
 """
 
 from __future__ import annotations

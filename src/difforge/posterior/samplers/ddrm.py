@@ -11,9 +11,11 @@ each step to ``sigma' = sigma_{t-1}`` with ``x0_bar = V^T D(x_t, sigma_t)`` draw
 - seen, ``sigma' >= c_i``: ``(1 - eta_b) x0_bar + eta_b y_bar + sqrt(sigma'^2 - c_i^2 eta_b^2) z``.
 
 Defaults ``eta = 0.85``, ``eta_b = 1`` and 20 steps are the paper's (sec. 5). DDRM is not exact
-on a Gaussian prior: the seen coordinates ignore the prior while ``sigma' >= c_i`` and the
-variational distribution's marginals are not the posterior's (Kawar et al. match them to the
-prior's only in the training objective, their theorem 1). One network evaluation per step.
+on a Gaussian prior: the seen coordinates ignore the prior while ``sigma' >= c_i``, and the
+fresh noise ``eta sigma'`` does not shrink with the step, so for ``eta > 0`` the error does not
+vanish as the steps grow even where the posterior factorises (an isotropic prior with
+``sigma_y = 0``, where ``eta = 0`` is exact in the limit; tests/test_posterior_samplers.py).
+One network evaluation per step.
 """
 
 from __future__ import annotations

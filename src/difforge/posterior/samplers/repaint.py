@@ -9,7 +9,9 @@ jumps back up: after every ``jump_length`` steps down it re-noises ``x`` by ``ju
 ``jump_length`` times at once) and walks down again, ``resamplings - 1`` times per block
 (``jump_length = 10``, ``resamplings = 10`` over 250 steps are the paper's, sec. 5).
 
-Masks only. Not exact on a Gaussian prior: the known pixels are noised independently of the
+Masks only; with ``sigma_y > 0`` only without resampling (``resamplings = 1``: below
+``sigma_y`` the known pixels are left to the model, and jumps there would forget ``y``). Not
+exact on a Gaussian prior: the known pixels are noised independently of the
 unknown ones, which the resampling reconciles only approximately. Network evaluations: the
 steps down of ``repaint_schedule``.
 """
@@ -70,8 +72,18 @@ def sample_repaint(
     callback: StepCallback | None = None,
     class_labels: Tensor | None = None,
 ) -> Tensor:
-    """x: ``(N, *x_shape)`` at ``sigmas[0]``; y: ``(N, d_y)`` for a mask operator."""
+    """x: ``(N, *x_shape)`` at ``sigmas[0]``; y: ``(N, d_y)`` for a mask operator.
+
+    Raises:
+        ValueError: ``resamplings > 1`` with ``sigma_y > 0``: below ``sigma_y`` the known pixels
+            are no longer imposed, and jumps there would let them forget ``y``.
+    """
     check_repaint_options(jump_length, resamplings)
+    if sigma_y > 0 and resamplings > 1:
+        raise ValueError(
+            f"posterior=repaint resamples only exact measurements (sigma_y = 0, Lugmayr et al.); "
+            f"with sigma_y = {sigma_y:g} set posterior.resamplings=1"
+        )
     visits = repaint_schedule(len(sigmas) - 1, jump_length, resamplings)
     for k, (i, j) in enumerate(pairwise(visits)):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[j])
