@@ -49,7 +49,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="difforge methods (default: every method without particles)",
     )
     parser.add_argument(
-        "--kinds", nargs="+", choices=tuple(bench.PROBLEMS), default=list(bench.PROBLEMS)
+        "--kinds",
+        nargs="*",
+        choices=tuple(bench.PROBLEMS),
+        default=["cardoso", "mask_exact"],
+        help="problems: the test bed (random A), masks with its sigma_y, masks without noise",
+    )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="add the rows of earlier --json runs of problem kinds this run does not compute "
+        "(the same samples and draws); with --kinds and nothing after it, only the report",
     )
     parser.add_argument("--dims", type=int, nargs="+", default=[8, 80], help="d_x values")
     parser.add_argument("--d-ys", type=int, nargs="+", default=[1, 4], help="d_y values")
@@ -105,6 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         peers.peer_configs(deepinv=with_deepinv),
     )
     seconds = time.perf_counter() - started
+    for path in args.reuse:
+        earlier = json.loads(path.read_text())
+        for key in ("samples", "draws"):
+            if earlier["args"][key] != getattr(args, key):
+                sys.exit(
+                    f"error: --reuse {path}: {key} was {earlier['args'][key]} there, "
+                    f"{getattr(args, key)} here"
+                )
+        rows += [r for r in earlier["rows"] if r["kind"] not in args.kinds]
+        header += f"\nrows of {path.name} reused: {earlier['command']}"
     report = peers.report(rows, header + f"\ntotal {seconds:.0f} s\n")
     print("\n" + report)
     results: dict[str, Any] = {

@@ -80,10 +80,10 @@ def test_steps_fit_the_budget() -> None:
 
 def test_repaint_keeps_the_observed_coordinates_and_counts_its_calls() -> None:
     pytest.importorskip("diffusers")
-    problem = bench.masked(8, 4, seed=0)
-    noiseless = bench.Problem(**{**problem.__dict__, "sigma_y": 0.0})
+    problem = bench.PROBLEMS["mask_exact"](8, 4, 0)
+    assert problem.sigma_y == 0 and problem.kind == "mask_exact"
     config = peers.PeerConfig("repaint", "diffusers", {"jump_length": 5, "jump_n_sample": 2}, True)
-    samples, calls = peers.run_repaint(config, noiseless, 30, 16, seed=0)
+    samples, calls = peers.run_repaint(config, problem, 30, 16, seed=0)
     steps = peers.repaint_steps(30, 5, 2)
     assert calls == peers.repaint_nfe(steps, 5, 2) <= 30 < peers.repaint_nfe(steps + 1, 5, 2)
     # RePaint's last step pastes the measurement (abar = 1 there): exactly y where observed.
@@ -123,7 +123,8 @@ def check_leaderboard(out: str, results: dict) -> None:
     methods = [n for n, s in POSTERIORS.items() if not s.needs_mask]
     rows = table_rows(out, "| method | NFE | d_x=8, d_y=1 |")
     assert rows[0][0] == "exact samples (floor)"
-    assert sorted((r[0], r[1]) for r in rows[1:]) == sorted(
+    # Every registered method, none hard-coded; SMC at the leaderboard's particle count.
+    assert sorted((r[0].split(" (")[0], r[1]) for r in rows[1:]) == sorted(
         (m, str(nfe)) for m in methods for nfe in (10, 20)
     )
     floor = float(rows[0][2].split(" ± ")[0])
@@ -181,7 +182,7 @@ def test_bench_posterior_peers_without_deepinv_says_what_to_install(tmp_path: Pa
     assert out.splitlines()[0] == peers.INSTALL_DEEPINV + "; running diffusers' RePaint alone"
     assert {r["side"] for r in results["rows"]} == {"exact", "difforge", "diffusers"}
     headline = table_rows(out, "| problem | NFE | d_x | d_y | difforge best |")
-    assert [r[0] for r in headline] == ["mask"]  # RePaint runs on masks only
+    assert [r[0] for r in headline] == ["mask_exact"]  # RePaint runs on masks only
 
 
 @pytest.mark.slow
@@ -193,7 +194,7 @@ def test_bench_posterior_peers_quick(tmp_path: Path) -> None:
     )
     assert {r["side"] for r in results["rows"]} == {"exact", "difforge", "deepinv", "diffusers"}
     headline = table_rows(out, "| problem | NFE | d_x | d_y | difforge best |")
-    assert sorted(r[0] for r in headline) == ["cardoso", "mask"]
+    assert sorted(r[0] for r in headline) == ["cardoso", "mask_exact"]
     for r in headline:
         ours, theirs = float(r[5].split(" ± ")[0]), float(r[7].split(" ± ")[0])
         assert float(r[8].strip("*")) == pytest.approx(ours / theirs, abs=0.01)

@@ -11,7 +11,8 @@ weight of each mixture component, estimated from the samples, shows where DPS-ty
 wrong (they put the posterior's mass on the wrong modes).
 
 - ``Problem`` / ``cardoso`` / ``masked``: one draw of the test bed, with its exact posterior;
-  ``masked`` observes ``d_y`` coordinates instead (inpainting, where RePaint applies).
+  ``masked`` observes ``d_y`` coordinates instead (inpainting, where RePaint applies), with the
+  draw's ``sigma_y`` (``mask``) or none (``mask_exact``: RePaint's setting).
 - ``IsotropicMixtureDenoiser``: the exact denoiser of a mixture whose components share one
   isotropic standard deviation, through matrix products (``GaussianMixtureOracle``, the general
   diagonal case, broadcasts ``(N, K, D)`` and takes seconds per call at ``d_x = 800``).
@@ -38,7 +39,7 @@ from difforge.diffusion.gaussian_mixture import GaussianMixture
 from difforge.diffusion.schedules import LinearSchedule, NoiseSchedule
 from difforge.diffusion.sigma_grids import sigma_grid
 from difforge.posterior import exact, metrics, testbed
-from difforge.posterior.operators.base import DenseOperator, LinearOperator
+from difforge.posterior.operators.base import LinearOperator
 from difforge.posterior.operators.mask import MaskOperator
 from difforge.posterior.samplers.registry import POSTERIORS, posterior_sample
 
@@ -79,32 +80,42 @@ class Problem:
 
 def cardoso(d_x: int, d_y: int, seed: int) -> Problem:
     """Draw ``seed`` of the test bed of Cardoso et al. 2024 (``testbed.cardoso_problem``)."""
-    mixture, A, sigma_y, y, x_true = testbed.cardoso_problem(d_x, d_y, seed)
-    A = torch.as_tensor(A, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=torch.float64).reshape(1, -1)
-    posterior = exact.mixture_posterior(mixture, A, y[0], float(sigma_y))
-    x_true = torch.as_tensor(x_true, dtype=torch.float64).reshape(1, -1)
+    drawn = testbed.cardoso_problem(d_x, d_y, seed)
     return Problem(
-        "cardoso", d_x, d_y, seed, mixture, DenseOperator(A), float(sigma_y), y, x_true, posterior
+        "cardoso",
+        d_x,
+        d_y,
+        seed,
+        drawn.mixture,
+        drawn.operator(),
+        float(drawn.sigma_y),
+        drawn.y.reshape(1, -1),
+        drawn.x_true.reshape(1, -1),
+        drawn.posterior(),
     )
 
 
-def masked(d_x: int, d_y: int, seed: int) -> Problem:
-    """The test bed's prior, signal and ``sigma_y`` of draw ``seed``, measured through a mask
-    that observes ``d_y`` coordinates drawn at random (inpainting: RePaint's setting)."""
+def masked(d_x: int, d_y: int, seed: int, sigma_y: float | None = None) -> Problem:
+    """The test bed's prior and signal of draw ``seed`` measured through a mask that observes
+    ``d_y`` coordinates drawn at random (inpainting), with the draw's ``sigma_y`` or the one
+    given (``mask_exact``: 0, RePaint's setting)."""
     base = cardoso(d_x, d_y, seed)
+    sigma_y = base.sigma_y if sigma_y is None else sigma_y
     generator = torch.Generator().manual_seed(10_000 + seed)
     mask = torch.zeros(d_x, dtype=torch.bool)
     mask[torch.randperm(d_x, generator=generator)[:d_y]] = True
     operator = MaskOperator(mask)
-    y = operator.measure(base.x_true, base.sigma_y, generator)
-    posterior = exact.mixture_posterior(base.mixture, operator.matrix(), y[0], base.sigma_y)
-    return Problem(
-        "mask", d_x, d_y, seed, base.mixture, operator, base.sigma_y, y, base.x_true, posterior
-    )
+    y = operator.measure(base.x_true, sigma_y, generator)
+    posterior = exact.mixture_posterior(base.mixture, operator.matrix(), y[0], sigma_y)
+    kind = "mask_exact" if sigma_y == 0 else "mask"
+    return Problem(kind, d_x, d_y, seed, base.mixture, operator, sigma_y, y, base.x_true, posterior)
 
 
-PROBLEMS: dict[str, Callable[[int, int, int], Problem]] = {"cardoso": cardoso, "mask": masked}
+PROBLEMS: dict[str, Callable[[int, int, int], Problem]] = {
+    "cardoso": cardoso,
+    "mask": masked,
+    "mask_exact": lambda d_x, d_y, seed: masked(d_x, d_y, seed, sigma_y=0.0),
+}
 
 
 class IsotropicMixtureDenoiser(torch.nn.Module):

@@ -268,20 +268,20 @@ RUNNERS: dict[str, Callable[[PeerConfig, Problem, int, int, int], tuple[Tensor, 
 }
 
 
-# The knob swept on both sides where difforge's method has the peer's: DPS's step scale
-# (difforge's zeta, deepinv's weight: both zeta' of Chung et al. 2023, alg. 1).
-DIFFORGE_KNOBS: dict[str, tuple[str, tuple[float, ...]]] = {"dps": ("zeta", (0.3, 3.0))}
+# The knobs swept on both sides where difforge's method has the peer's: DPS's step scale
+# (difforge's zeta, deepinv's weight: both zeta' of Chung et al. 2023, alg. 1) and RePaint's
+# resampling (diffusers' jump_n_sample is difforge's resamplings).
+DIFFORGE_VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "dps": [{"zeta": 0.3}, {"zeta": 3.0}],
+    "repaint": [{"jump_length": 1, "resamplings": 1}, {"jump_length": 5, "resamplings": 2}],
+}
 
 
 def difforge_configs(methods: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
-    """Each method at its defaults, then along ``DIFFORGE_KNOBS``."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    for name in methods:
-        out.append((name, {}))
-        if name in DIFFORGE_KNOBS:
-            knob, values = DIFFORGE_KNOBS[name]
-            out += [(name, {knob: v}) for v in values]
-    return out
+    """Each method at its defaults, then its ``DIFFORGE_VARIANTS``."""
+    return [
+        (name, options) for name in methods for options in [{}, *DIFFORGE_VARIANTS.get(name, [])]
+    ]
 
 
 # difforge's method that runs the same algorithm as a peer family (DiffPIR has none).
