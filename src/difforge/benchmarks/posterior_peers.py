@@ -269,10 +269,11 @@ RUNNERS: dict[str, Callable[[PeerConfig, Problem, int, int, int], tuple[Tensor, 
 
 
 # The knobs swept on both sides where difforge's method has the peer's: DPS's step scale
-# (difforge's zeta, deepinv's weight: both zeta' of Chung et al. 2023, alg. 1) and RePaint's
-# resampling (diffusers' jump_n_sample is difforge's resamplings).
+# (difforge's zeta, deepinv's weight: both zeta' of Chung et al. 2023, alg. 1), DDRM's eta and
+# RePaint's resampling (diffusers' jump_n_sample is difforge's resamplings).
 DIFFORGE_VARIANTS: dict[str, list[dict[str, Any]]] = {
     "dps": [{"zeta": 0.3}, {"zeta": 3.0}],
+    "ddrm": [{"eta": 1.0}],
     "repaint": [{"jump_length": 1, "resamplings": 1}, {"jump_length": 5, "resamplings": 2}],
 }
 
