@@ -391,7 +391,7 @@ def headline_table(summary: Sequence[Row]) -> str:
         if ours is None or theirs is None:
             continue
         lines.append(
-            f"| {kind} | {nfe} | {d_x} | {d_y} | {ours['family']} | "
+            f"| {kind} | {nfe} | {d_x} | {d_y} | {ours['config']} | "
             f"{bench.fmt(ours['sw'], ours['sw_ci'])} | {theirs['config']} | "
             f"{bench.fmt(theirs['sw'], theirs['sw_ci'])} | **{_ratio(ours, theirs)}** | "
             f"{bench.fmt(floor['sw'], floor['sw_ci'])} |"
