@@ -81,8 +81,8 @@ def sample_repaint(
     check_repaint_options(jump_length, resamplings)
     if sigma_y > 0 and resamplings > 1:
         raise ValueError(
-            f"posterior=repaint resamples only exact measurements (sigma_y = 0, Lugmayr et al.); "
-            f"with sigma_y = {sigma_y:g} set posterior.resamplings=1"
+            f"posterior=repaint resamples only exact measurements (Lugmayr et al.): with "
+            f"sigma_y = {sigma_y:g} set posterior.resamplings=1, or sigma_y=0"
         )
     visits = repaint_schedule(len(sigmas) - 1, jump_length, resamplings)
     for k, (i, j) in enumerate(pairwise(visits)):
