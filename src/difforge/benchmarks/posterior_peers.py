@@ -57,8 +57,8 @@ from difforge.posterior.operators.mask import MaskOperator
 from difforge.posterior.samplers.registry import POSTERIORS
 
 # Half the range of the signals handed to deepinv in [0, 1] units: the test bed's means lie in
-# [-8, 8] (Cardoso et al. 2024), with unit standard deviation: |x| <= 12 but with probability
-# ~6e-5 per coordinate.
+# [-8, 8] (Cardoso et al. 2024), with unit standard deviation: a coordinate leaves [-12, 12] with
+# probability below P(N(0, 1) > 4) = 3.2e-5.
 DEEPINV_HALF_RANGE = 12.0
 INSTALL_DEEPINV = (
     "deepinv is not importable: /work/main/.venv/bin/python -m pip install --target DIR --no-deps "
