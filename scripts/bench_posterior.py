@@ -9,11 +9,12 @@ next to the floor (two sets of exact samples), and by the total-variation error 
 components' posterior weights. Mean ± 1.96 standard errors over the draws. Then the SMC
 sampler's SW against its particle count. Logic: ``difforge.benchmarks.posterior``.
 
-    python scripts/bench_posterior.py --json posterior.json --markdown posterior.md   # ~15 min
+    python scripts/bench_posterior.py --json posterior.json --markdown posterior.md   # ~33 min
     python scripts/bench_posterior.py --quick                                         # seconds
 
-Run with ``OMP_NUM_THREADS=1`` (the figures in docs/benchmarks.md are from one thread of a
-2-core CPU).
+Run with ``OMP_NUM_THREADS=1``: the figures in docs/guide.md (section 6) took 33 minutes on one
+thread of a loaded 2-core CPU, with 5 draws x 500 samples (2 x 200 at ``d_x = 800``); Cardoso et
+al.'s 20 draws: ``--draws 20 --draws-800 0 --samples-800 0``.
 """
 
 from __future__ import annotations
