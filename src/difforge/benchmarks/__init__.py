@@ -7,4 +7,11 @@
 - ``sampler_tables``: picking the best configurations and the markdown tables of the report.
 
 ``scripts/bench_samplers.py`` is the entry point.
+
+Posterior samplers on the exact posterior of a mixture prior (issue 22):
+
+- ``posterior``: the test-bed problems, the exact isotropic-mixture denoiser, the leaderboard
+  and the SMC sweep (``scripts/bench_posterior.py``).
+- ``posterior_peers``: deepinv's and diffusers' posterior samplers on the same problems with the
+  same denoiser (``scripts/bench_posterior_peers.py``).
 """
