@@ -324,3 +324,53 @@ def test_scripts_that_take_a_device_refuse_an_absent_one(script):
         cwd=ROOT,
     )
     assert_clean_error(result, "error: --device=cuda: no CUDA GPU on this machine")
+
+
+# --- the settings of the objects the config groups build -----------------------------------------
+GROUPS = (
+    "data",
+    "model",
+    "schedule",
+    "parameterization",
+    "loss",
+    "noise_law",
+    "sampler",
+    "callbacks",
+)
+
+
+def typed_leaves(node: DictConfig, prefix: str) -> list[tuple[str, object]]:
+    """``(key, default)`` for each number or true/false setting under ``node`` (interpolations,
+    nulls, texts and lists left out)."""
+    found = []
+    for key in node:
+        if str(key).startswith("_") or OmegaConf.is_interpolation(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            found += typed_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, (bool, int, float)):
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(group, option) for group in GROUPS for option in options(group)]
+)
+def test_each_group_option_refuses_text_and_fractions_naming_the_key(group, option):
+    """``schedule.sigma_min=abc`` was ``'<' not supported between 'int' and 'str'``,
+    ``data.pin_memory=abc`` and ``schedule.scale_to_num_timesteps=abc`` were kept: every number
+    or true/false setting of every option refuses a text (and a true/false one a number), in one
+    line that starts with the key, before any object is built."""
+    from difforge.cli.settings import check_object_settings
+
+    cfg = compose_command("train", f"{group}={option}")
+    check_object_settings("train", cfg)  # the option as shipped passes
+    for key, default in typed_leaves(cfg[group], f"{group}."):
+        for bad in ("abc", *((0.5, -1) if isinstance(default, bool) else ())):
+            changed = cfg.copy()
+            OmegaConf.update(changed, key, bad)
+            with pytest.raises(ValueError) as caught:
+                check_object_settings("train", changed)
+            message = str(caught.value)
+            assert message.startswith(f"{key} must be ") and f"got {bad!r}" in message, message
