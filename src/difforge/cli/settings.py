@@ -76,7 +76,7 @@ def texts(key: str, value: Any) -> list[str]:
     return [text(f"{key}[{index}]", item) for index, item in enumerate(value)]
 
 
-def unlimited_or_positive(key: str, value: Any) -> int:
+def unlimited_or_positive(key: str, value: Any) -> object:
     """Lightning's step and epoch limits: a positive integer, or -1 for no limit (0 would train
     nothing and still write checkpoints)."""
     if value == -1 and not isinstance(value, bool):
@@ -294,14 +294,14 @@ def _check_objects(node: DictConfig, name: str) -> None:
         for argument, annotation in argument_types(
             str(node._target_), node.get("algorithm")
         ).items():
-            key = f"{name}.{argument}"
+            setting = f"{name}.{argument}"
             if argument not in node or OmegaConf.is_interpolation(node, argument):
                 continue
-            if node[argument] is None and key in FILLED_IN_WHEN_NULL:
+            if node[argument] is None and setting in FILLED_IN_WHEN_NULL:
                 continue
-            check_annotated(key, node[argument], annotation)
-    for key in node:
-        if OmegaConf.is_interpolation(node, key) and not _resolvable(node, str(key)):
+            check_annotated(setting, node[argument], annotation)
+    for key in map(str, node):
+        if OmegaConf.is_interpolation(node, key) and not _resolvable(node, key):
             continue
         if isinstance(node[key], DictConfig):
             _check_objects(node[key], f"{name}.{key}")
@@ -385,7 +385,9 @@ def check_annotated(key: str, value: Any, annotation: Any) -> None:
     (``int``, ``float | None``, ``bool | Literal["link"] | None``); other annotations (sequences,
     classes) are left to the class."""
     members = typing.get_args(annotation) if typing.get_origin(annotation) in UNIONS else ()
-    kinds, literals, optional = [], [], False
+    kinds: list[type] = []
+    literals: list[Any] = []
+    optional = False
     for member in members or (annotation,):
         if member is type(None):
             optional = True
