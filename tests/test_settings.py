@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from difforge.cli.settings import SETTINGS, check_settings
 from difforge.devices import check_accelerator, resolve_device
+from difforge.diffusion.samplers import Sampler
 from difforge.errors import DifforgeError
 from helpers import ROOT, assert_clean_error, run_cli
 from test_configs import options  # also sets PROJECT_ROOT for the configs
@@ -374,3 +375,30 @@ def test_each_group_option_refuses_text_and_fractions_naming_the_key(group, opti
                 check_object_settings("train", changed)
             message = str(caught.value)
             assert message.startswith(f"{key} must be ") and f"got {bad!r}" in message, message
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Sampler("euler", 5, sigma_min=0), "sampler.sigma_min must be > 0, got 0"),
+        (lambda: Sampler("ddim", 5, sigma_max=-1), "sampler.sigma_max must be > 0, got -1"),
+        (
+            lambda: Sampler("heun", 5, sigma_min=2.0, sigma_max=1.0),
+            "sampler.sigma_min=2.0 must be below sampler.sigma_max=1.0",
+        ),
+        (lambda: gmm2d(radius=0), "data.radius must be > 0, got 0"),
+        (lambda: gmm2d(radius=-1), "data.radius must be > 0, got -1"),
+    ],
+)
+def test_ranges_the_walk_found_accepted(build, message):
+    """``sampler.sigma_min=0``/``-1`` and ``data.radius=0``/``-1`` (all eight gmm2d means on one
+    point) were accepted."""
+    with pytest.raises(ValueError) as caught:
+        build()
+    assert str(caught.value) == message
+
+
+def gmm2d(**options):
+    from difforge.data.toys import GaussianMixture2dDataModule
+
+    return GaussianMixture2dDataModule(**options)
