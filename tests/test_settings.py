@@ -402,3 +402,13 @@ def gmm2d(**options):
     from difforge.data.toys import GaussianMixture2dDataModule
 
     return GaussianMixture2dDataModule(**options)
+
+
+@pytest.mark.slow
+def test_a_group_objects_setting_of_the_wrong_type_through_the_cli(tmp_path):
+    """Was ``schedule: a setting has the wrong type ('<' not supported between instances of
+    'int' and 'str')``."""
+    result = run_cli(
+        "sample", *ORACLE, "schedule=edm", "schedule.sigma_min=abc", f"hydra.run.dir={tmp_path}"
+    )
+    assert_clean_error(result, "error: schedule.sigma_min must be a number, got 'abc'")
