@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from difforge.cli.settings import SETTINGS, check_settings
 from difforge.devices import check_accelerator, resolve_device
+from difforge.diffusion.samplers import Sampler
 from difforge.errors import DifforgeError
 from helpers import ROOT, assert_clean_error, run_cli
 from test_configs import options  # also sets PROJECT_ROOT for the configs
@@ -328,3 +329,90 @@ def test_scripts_that_take_a_device_refuse_an_absent_one(script):
         cwd=ROOT,
     )
     assert_clean_error(result, "error: --device=cuda: no CUDA GPU on this machine")
+
+
+# --- the settings of the objects the config groups build -----------------------------------------
+GROUPS = (
+    "data",
+    "model",
+    "schedule",
+    "parameterization",
+    "loss",
+    "noise_law",
+    "sampler",
+    "callbacks",
+)
+
+
+def typed_leaves(node: DictConfig, prefix: str) -> list[tuple[str, object]]:
+    """``(key, default)`` for each number or true/false setting under ``node`` (interpolations,
+    nulls, texts and lists left out)."""
+    found = []
+    for key in node:
+        if str(key).startswith("_") or OmegaConf.is_interpolation(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            found += typed_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, (bool, int, float)):
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(group, option) for group in GROUPS for option in options(group)]
+)
+def test_each_group_option_refuses_text_and_fractions_naming_the_key(group, option):
+    """``schedule.sigma_min=abc`` was ``'<' not supported between 'int' and 'str'``,
+    ``data.pin_memory=abc`` and ``schedule.scale_to_num_timesteps=abc`` were kept: every number
+    or true/false setting of every option refuses a text (and a true/false one a number), in one
+    line that starts with the key, before any object is built."""
+    from difforge.cli.settings import check_object_settings
+
+    cfg = compose_command("train", f"{group}={option}")
+    check_object_settings("train", cfg)  # the option as shipped passes
+    for key, default in typed_leaves(cfg[group], f"{group}."):
+        for bad in ("abc", *((0.5, -1) if isinstance(default, bool) else ())):
+            changed = cfg.copy()
+            OmegaConf.update(changed, key, bad)
+            with pytest.raises(ValueError) as caught:
+                check_object_settings("train", changed)
+            message = str(caught.value)
+            assert message.startswith(f"{key} must be ") and f"got {bad!r}" in message, message
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Sampler("euler", 5, sigma_min=0), "sampler.sigma_min must be > 0, got 0"),
+        (lambda: Sampler("ddim", 5, sigma_max=-1), "sampler.sigma_max must be > 0, got -1"),
+        (
+            lambda: Sampler("heun", 5, sigma_min=2.0, sigma_max=1.0),
+            "sampler.sigma_min=2.0 must be below sampler.sigma_max=1.0",
+        ),
+        (lambda: gmm2d(radius=0), "data.radius must be > 0, got 0"),
+        (lambda: gmm2d(radius=-1), "data.radius must be > 0, got -1"),
+    ],
+)
+def test_ranges_the_walk_found_accepted(build, message):
+    """``sampler.sigma_min=0``/``-1`` and ``data.radius=0``/``-1`` (all eight gmm2d means on one
+    point) were accepted."""
+    with pytest.raises(ValueError) as caught:
+        build()
+    assert str(caught.value) == message
+
+
+def gmm2d(**options):
+    from difforge.data.toys import GaussianMixture2dDataModule
+
+    return GaussianMixture2dDataModule(**options)
+
+
+@pytest.mark.slow
+def test_a_group_objects_setting_of_the_wrong_type_through_the_cli(tmp_path):
+    """Was ``schedule: a setting has the wrong type ('<' not supported between instances of
+    'int' and 'str')``."""
+    result = run_cli(
+        "sample", *ORACLE, "schedule=edm", "schedule.sigma_min=abc", f"hydra.run.dir={tmp_path}"
+    )
+    assert_clean_error(result, "error: schedule.sigma_min must be a number, got 'abc'")

@@ -27,8 +27,8 @@ def check_int(
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Integral)
-        or value < minimum
-        or (maximum is not None and value > maximum)
+        or int(value) < minimum
+        or (maximum is not None and int(value) > maximum)
     ):
         raise error(f"{key} must be an integer {allowed}, got {value!r}")
     return int(value)

@@ -16,6 +16,8 @@ device that is named (``device=cuda``, ``trainer.accelerator=gpu``).
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -74,7 +76,7 @@ def texts(key: str, value: Any) -> list[str]:
     return [text(f"{key}[{index}]", item) for index, item in enumerate(value)]
 
 
-def unlimited_or_positive(key: str, value: Any) -> int:
+def unlimited_or_positive(key: str, value: Any) -> object:
     """Lightning's step and epoch limits: a positive integer, or -1 for no limit (0 would train
     nothing and still write checkpoints)."""
     if value == -1 and not isinstance(value, bool):
@@ -255,3 +257,169 @@ def _resolvable(node: DictConfig, key: str) -> bool:
     except InterpolationResolutionError:  # a resolver that needs the running app (${hydra:...})
         return False
     return True
+
+
+# The config groups whose objects each command builds from the config, walked by
+# check_object_settings. Not walked: the trainer (the table above), the module's settings
+# (DiffusionModule checks them), the loggers (third-party); sample and eval read the data config
+# for its mixture only (data.mixtures.known_mixture checks it), without importing Lightning.
+OBJECT_GROUPS = {
+    "sample": ("model", "schedule", "sampler"),
+    "eval": ("model", "schedule", "sampler"),
+    "train": (
+        "data",
+        "model",
+        "schedule",
+        "parameterization",
+        "loss",
+        "noise_law",
+        "sampler",
+        "callbacks",
+    ),
+}
+# Plain annotations a value can be checked against, with what the message says is allowed.
+# Settings whose null the builder replaces before the class sees it (training.build).
+FILLED_IN_WHEN_NULL = {"model.learned_variance"}
+UNIONS = (typing.Union, types.UnionType)
+PLAIN_TYPES: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a text",
+}
+
+
+def check_object_settings(command: str, cfg: DictConfig) -> None:
+    """The type of every value given to an object that ``command`` builds from a group of ``cfg``
+    (``OBJECT_GROUPS``: a node with ``_target_``, and those inside it), against the annotation
+    of the matching argument of its class: a text, a null or a fraction where the class declares
+    ``int``, ``float`` or ``bool`` is one line naming the key, before the class compares it with
+    a number (``'<' not supported``) or keeps it (``pin_memory='abc'``). The ranges are the
+    classes' own checks. Imports each target (torch for difforge's)."""
+    for group in OBJECT_GROUPS[command]:
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            _check_objects(node, group)
+
+
+def _check_objects(node: DictConfig, name: str) -> None:
+    """The values of ``node`` (the config node ``name``) and of the nodes inside it."""
+    if "_target_" in node:
+        for argument, annotation in argument_types(
+            str(node._target_), node.get("algorithm")
+        ).items():
+            setting = f"{name}.{argument}"
+            if argument not in node or OmegaConf.is_interpolation(node, argument):
+                continue
+            if node[argument] is None and setting in FILLED_IN_WHEN_NULL:
+                continue
+            check_annotated(setting, node[argument], annotation)
+    for key in map(str, node):
+        if OmegaConf.is_interpolation(node, key) and not _resolvable(node, key):
+            continue
+        if isinstance(node[key], DictConfig):
+            _check_objects(node[key], f"{name}.{key}")
+
+
+def argument_types(target: str, algorithm: object = None) -> dict[str, Any]:
+    """The annotations of the keyword arguments of ``target``, resolved one by one (an annotation
+    naming a type imported for type checking only is left out); a ``Sampler``'s include its
+    ``algorithm``'s options. {} for a target that cannot be imported."""
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+    except (ImportError, ValueError):
+        return {}
+    types = annotations_of(obj)
+    from difforge.diffusion.samplers import Sampler
+
+    if obj is Sampler:
+        from difforge.diffusion.samplers.registry import get_sampler_spec
+
+        try:
+            options = annotations_of(get_sampler_spec(str(algorithm)).fn)
+        except ValueError:  # an unknown algorithm: the Sampler says so when built
+            return types
+        # null: the solver's default for the schedule's kind (SamplerSpec.defaults).
+        types = {**{k: typing.Optional[v] for k, v in options.items()}, **types}  # noqa: UP045
+    return types
+
+
+def annotations_of(obj: Any) -> dict[str, Any]:
+    """The resolved annotations of ``obj``'s arguments; a class that passes ``**kwargs`` on
+    (``PeriodicCheckpoint`` to Lightning's ``ModelCheckpoint``) adds its bases' arguments."""
+    import inspect
+
+    types = _own_annotations(obj)
+    if inspect.isclass(obj) and _takes_kwargs(obj):
+        for base in obj.__mro__[1:]:
+            if base is not object and "__init__" in vars(base):
+                types = {**_own_annotations(base), **types}
+                if not _takes_kwargs(base):
+                    break
+    return types
+
+
+def _takes_kwargs(obj: Any) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(obj).parameters.values()
+    except (ValueError, TypeError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _own_annotations(obj: Any) -> dict[str, Any]:
+    import inspect
+    import sys
+
+    try:
+        parameters = inspect.signature(obj).parameters.values()
+    except (ValueError, TypeError):
+        return {}
+    module = sys.modules.get(getattr(obj, "__module__", ""), None)
+    namespace = vars(module) if module is not None else {}
+    types: dict[str, Any] = {}
+    for parameter in parameters:
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, namespace)  # the class's own annotation text
+            except (NameError, AttributeError, SyntaxError, TypeError):
+                continue  # a name imported for type checking only: not checked here
+                continue
+        types[parameter.name] = annotation
+    return types
+
+
+def check_annotated(key: str, value: Any, annotation: Any) -> None:
+    """``value`` against an annotation made of plain types, literal values and None
+    (``int``, ``float | None``, ``bool | Literal["link"] | None``); other annotations (sequences,
+    classes) are left to the class."""
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in UNIONS else ()
+    kinds: list[type] = []
+    literals: list[Any] = []
+    optional = False
+    for member in members or (annotation,):
+        if member is type(None):
+            optional = True
+        elif typing.get_origin(member) is typing.Literal:
+            literals += typing.get_args(member)
+        elif member in PLAIN_TYPES:
+            kinds.append(member)
+        else:
+            return
+    if value is None and optional:
+        return
+    if any(type(value) is type(literal) and value == literal for literal in literals):
+        return
+    for kind in kinds:
+        accepted = (int, float) if kind is float else kind  # YAML's `1` for a float
+        if isinstance(value, bool) is (kind is bool) and isinstance(value, accepted):
+            return
+    allowed = [PLAIN_TYPES[kind] for kind in kinds] + [repr(literal) for literal in literals]
+    allowed += ["null"] if optional else []
+    listed = f"{', '.join(allowed[:-1])} or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
+    raise ValueError(f"{key} must be {listed}, got {value!r}")

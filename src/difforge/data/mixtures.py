@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from difforge import checks
 from difforge.data.options import DataConfigError, check_choice, check_int
 from difforge.diffusion.gaussian_mixture import GaussianMixture
 
@@ -108,7 +109,8 @@ def layout_components(
             )
         if isinstance(std, bool) or not isinstance(std, int | float) or std <= 0:
             raise DataConfigError(f"data.std must be a positive number, got {std!r}")
-        means = mixture_layout(layout, k, float(radius))  # type: ignore[assignment]
+        radius = checks.check_real("data.radius", radius, 0, low_open=True, error=DataConfigError)
+        means = mixture_layout(layout, k, radius)  # type: ignore[assignment]
         stds = [float(std)] * k
     return [1.0] * k if weights is None else weights, means, stds
 

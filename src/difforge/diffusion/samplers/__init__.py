@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from difforge.checks import check_real
 from difforge.diffusion.samplers.common import DenoiserFn, StepCallback, denoise, noise_like, report
 from difforge.diffusion.samplers.registry import SAMPLERS, SamplerSpec, get_sampler_spec
 from difforge.diffusion.schedules import NoiseSchedule
@@ -93,6 +94,13 @@ class Sampler:
         self.spec = get_sampler_spec(algorithm)
         check_steps(steps)
         check_grid(grid, "zero" if final_sigma is None else final_sigma, rho)
+        for name, sigma in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if sigma is not None:
+                check_real(f"sampler.{name}", sigma, 0, low_open=True)
+        if sigma_min is not None and sigma_max is not None and sigma_min >= sigma_max:
+            raise ValueError(
+                f"sampler.sigma_min={sigma_min} must be below sampler.sigma_max={sigma_max}"
+            )
         unknown = sorted(set(options) - set(self.spec.options))
         if unknown:
             allowed = ", ".join(self.spec.options) or "none"
