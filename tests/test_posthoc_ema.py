@@ -302,7 +302,7 @@ def test_script_refuses_a_run_without_snapshots(straight_run, tmp_path):
         (
             ["--step", "13"],
             "error: step 13 is outside the recorded post-hoc EMA history: "
-            "reconstructions are made at the snapshot steps 2, 4, 6, ..., 10, 12",
+            "reconstructions are made at the snapshot steps 2, 4, 6, 8, 10, 12",
         ),
         (["--step", "5"], "error: step 5 is outside the recorded post-hoc EMA history"),
         (["--step", "0"], "error: step 0 is outside the recorded post-hoc EMA history"),
