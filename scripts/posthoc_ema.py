@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from hydra.utils import instantiate
@@ -57,6 +57,13 @@ def evaluate_states(
         results[name] = {k: v for k, v in metrics.items() if not k.startswith("class_share")}
         print(f"{name:>16}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[name].items()))
     return results
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the script (``--help`` shows usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def at_least(minimum: int) -> Any:
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from difforge.training.checkpoint import load_checkpoint
     from difforge.training.posthoc_ema import history, load_snapshots
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument(
         "--sigma-rels", type=float, nargs="+", default=[0.03, 0.05, 0.08, 0.10, 0.13, 0.16]

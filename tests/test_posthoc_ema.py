@@ -311,15 +311,33 @@ def test_script_refuses_a_run_without_snapshots(straight_run, tmp_path):
             ["--out", "/nonexistent/best.ckpt"],
             "error: --out /nonexistent/best.ckpt: the folder /nonexistent does not exist",
         ),
-        (["--num-samples", "0"], "argument --num-samples: must be an integer >= 2, got 0"),
-        (["--num-samples", "x"], "argument --num-samples: must be an integer >= 2, got 'x'"),
+        (["--num-samples", "0"], "error: argument --num-samples: must be an integer >= 2, got 0"),
+        (["--num-samples", "x"], "error: argument --num-samples: must be an integer >= 2, got 'x'"),
+        (["--sigma-rels"], "error: argument --sigma-rels: expected at least one argument"),
     ],
 )
 def test_script_refuses_bad_requests_in_one_line(straight_run, args, message):
     result = run_script(straight_run / "checkpoints" / "last.ckpt", *args)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+    assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_script_on_an_earlier_checkpoint_ignores_later_snapshots(straight_run, tmp_path):
+    """A checkpoint of step 6 beside snapshots up to step 12 (best.ckpt is kept so): the steps
+    after 6 are another state of the run, outside this checkpoint's history."""
+    import shutil
+
+    shutil.copytree(straight_run / "checkpoints" / "posthoc_ema", tmp_path / "posthoc_ema")
+    checkpoint = torch.load(straight_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["global_step"] = 6
+    torch.save(checkpoint, tmp_path / "best.ckpt")
+    result = run_script(tmp_path / "best.ckpt", "--step", "8")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: step 8 is outside the recorded post-hoc EMA history: reconstructions are made "
+        "at the snapshot steps 2, 4, 6"
+    )
 
 
 def test_script_refuses_a_missing_or_broken_checkpoint_in_one_line(tmp_path):
@@ -462,9 +480,10 @@ def test_callback_added_to_a_resumed_run_snapshots_only_steps_seen(tmp_path):
 
 
 def test_vector_data_are_refused_by_the_callback_and_the_script(tmp_path):
+    vector = [o for o in POSTHOC if o != "data.repeat=1"]  # gmm1d draws its data, no repeat
     result = run_cli(
         "train",
-        *POSTHOC,
+        *vector,
         "experiment=gmm1d",
         "trainer.max_steps=4",
         f"hydra.run.dir={tmp_path / 'gmm'}",
@@ -475,7 +494,7 @@ def test_vector_data_are_refused_by_the_callback_and_the_script(tmp_path):
         "snapshots are ranked by FID",
     )
     assert not (tmp_path / "gmm" / "checkpoints").exists()
-    plain = [o for o in POSTHOC if not o.startswith(("callbacks=", "callbacks.posthoc"))]
+    plain = [o for o in vector if not o.startswith(("callbacks=", "callbacks.posthoc"))]
     assert_ok(
         run_cli(
             "train",
