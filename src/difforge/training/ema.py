@@ -6,8 +6,8 @@ with ``n`` the number of updates so far when ``warmup`` is on (the warm-up lets 
 weights follow the fast-moving network instead of staying near the random initialisation).
 
 The average is kept in float32 whatever the training precision, as EDM2 and ema-pytorch keep it:
-in bfloat16 (8 significant bits) an update ``(1 - beta)(theta - theta_ema)`` smaller than
-``2^-9 |theta_ema|`` rounds away, which is most updates at ``beta = 0.999``.
+in bfloat16 (8 significant bits) an update ``(1 - beta)(theta - theta_ema)`` below half a
+spacing (2^-9 to 2^-8 of ``|theta_ema|``) rounds away, which is most updates at ``beta = 0.999``.
 """
 
 from __future__ import annotations
