@@ -430,6 +430,7 @@ def test_out_checkpoint_samples_with_the_reconstruction(straight_run, tmp_path):
     assert not np.array_equal(images["best"], images["last"])
 
 
+@pytest.mark.slow
 def test_checkpoint_with_the_ema_saved_twice_still_loads_and_resumes(straight_run, tmp_path):
     """A checkpoint from before the fix holds the EMA network also as ema_denoiser.net.*; one the
     old script rewrote holds the new EMA in ema.net.* and the old one there. It loads ema.net.*
@@ -460,6 +461,7 @@ def test_checkpoint_with_the_ema_saved_twice_still_loads_and_resumes(straight_ru
     )
 
 
+@pytest.mark.slow
 def test_callback_added_to_a_resumed_run_snapshots_only_steps_seen(tmp_path):
     """Trained 6 steps without the callback, resumed to 12 with it: snapshots at 8, 10, 12 only
     (before the fix: 2, 4, ..., 12, the first three of weights it never saw), a reconstruction at
@@ -479,6 +481,7 @@ def test_callback_added_to_a_resumed_run_snapshots_only_steps_seen(tmp_path):
     assert_ok(run_script(last, "--sigma-rels", "0.1", "--num-samples", "20"))
 
 
+@pytest.mark.slow
 def test_vector_data_are_refused_by_the_callback_and_the_script(tmp_path):
     vector = [o for o in POSTHOC if o != "data.repeat=1"]  # gmm1d draws its data, no repeat
     result = run_cli(
