@@ -289,6 +289,8 @@ def train(cfg: DictConfig) -> float | None:
         checkpoint = load_checkpoint(ckpt_path)
         cfg = resumed_config(cfg, ckpt_path, checkpoint)
     print_config(cfg)
+    # Before the data and the model are built: a precision that cannot run here is refused first.
+    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
     finished = checkpoint is not None and nothing_left_to_train(
         cfg, ckpt_path, checkpoint["global_step"]
     )
@@ -309,7 +311,6 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = instantiate_list(cfg.get("callbacks"))
     check_inception_weights(cfg, datamodule, callbacks)
     loggers = instantiate_list(cfg.get("logger"))
-    precision = resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
     )

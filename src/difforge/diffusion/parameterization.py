@@ -263,6 +263,11 @@ class Denoiser(nn.Module):
             net_input = torch.where(at_infinity, x, net_input)
             skip_limit = self.parameterization.skip_at_infinity * x  # type: ignore[operator]
             skip = torch.where(at_infinity, skip_limit, skip)
+        # The network computes in its own dtype (bf16 or float64 under Lightning's "-true"
+        # precisions, float32 for the EMA copy), the sampler in the noise's.
+        net_dtype = next((p.dtype for p in self.net.parameters() if p.is_floating_point()), None)
+        if net_dtype is not None:
+            net_input = net_input.to(net_dtype)
         out = self.net(net_input, self.schedule.noise_labels(sigma), class_labels)
         variance_value = None
         if self.learned_variance:

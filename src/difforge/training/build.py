@@ -8,21 +8,64 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from difforge.errors import CheckpointError
+from difforge.errors import CheckpointError, DifforgeError
 from difforge.training.checkpoint import load_checkpoint
 from difforge.training.config import MODEL_CONFIG_KEYS, plain_config, wire_module
 from difforge.training.module import DiffusionModule
 
+# Lightning's precisions and their aliases (``32`` is ``32-true``, ``16`` is ``16-mixed``, ``bf16`` is
+# ``bf16-mixed``), and difforge's ``auto``. Transformer Engine's need an NVIDIA GPU and its package.
+PRECISIONS = (
+    "auto",
+    "32-true",
+    "32",
+    "64-true",
+    "64",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
+
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``trainer.precision``; ``auto``: bf16 autocast ("bf16-mixed") when training runs on a CUDA
-    GPU that supports bf16 (Ampere and later), else full fp32 ("32-true")."""
-    if precision != "auto":
-        return precision
+    GPU that supports bf16 (Ampere and later), else full fp32 ("32-true").
+
+    Raises:
+        DifforgeError: a value Lightning does not know, or one that cannot run on
+            ``trainer.accelerator`` (Transformer Engine without a CUDA GPU or its package, bf16 on
+            a CUDA GPU without bf16), in one line naming the value and what is allowed.
+    """
+    import importlib.util
+
     import torch
 
+    if precision not in PRECISIONS:
+        raise DifforgeError(
+            f"trainer.precision={precision} is not a precision; use one of {', '.join(PRECISIONS)}"
+        )
     on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
+    if precision == "auto":
+        return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
+    if precision.startswith("transformer-engine") and not (
+        on_cuda and importlib.util.find_spec("transformer_engine") is not None
+    ):
+        where = "no CUDA GPU is in use" if not on_cuda else "transformer_engine is not installed"
+        raise DifforgeError(
+            f"trainer.precision={precision} needs an NVIDIA GPU and the transformer_engine package "
+            f"({where}, trainer.accelerator={accelerator}); use bf16-mixed or 32-true"
+        )
+    if precision.startswith("bf16") and on_cuda and not torch.cuda.is_bf16_supported():
+        raise DifforgeError(
+            f"trainer.precision={precision}: this GPU has no bfloat16 (Ampere or later has); "
+            "use 16-mixed or 32-true"
+        )
+    return precision
 
 
 def check_model_config_fits_data(model_cfg: DictConfig, data_shape: tuple[int, ...]) -> None:

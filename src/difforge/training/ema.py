@@ -4,6 +4,10 @@
 
 with ``n`` the number of updates so far when ``warmup`` is on (the warm-up lets early EMA
 weights follow the fast-moving network instead of staying near the random initialisation).
+
+The average is kept in float32 whatever the training precision, as EDM2 and ema-pytorch keep it:
+in bfloat16 (8 significant bits) an update ``(1 - beta)(theta - theta_ema)`` below half a
+spacing (2^-9 to 2^-8 of ``|theta_ema|``) rounds away, which is most updates at ``beta = 0.999``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ def _resolve(slots: _Slots, kind: str) -> list[Tensor]:
 
 
 class EMA(nn.Module):
-    """Holds an averaged copy of ``net``; its state (weights and update count) is a plain state_dict.
+    """Holds an averaged copy of ``net`` in float32; its state (weights and update count) is a
+    plain state_dict. A dtype conversion of a module holding it (Lightning's ``bf16-true``,
+    ``16-true`` and ``64-true`` convert the whole LightningModule) leaves the average in float32;
+    device moves and memory formats apply as usual.
 
     ``update`` is one ``torch._foreach_lerp_`` and one ``torch._foreach_copy_``, with no
     host-device synchronisation: where the parameters and buffers of both networks live is
@@ -48,7 +55,7 @@ class EMA(nn.Module):
         super().__init__()
         self.decay = check_real("ema_decay", decay, 0.0, 1.0, high_open=True)
         self.warmup = bool(warmup)
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.net = copy.deepcopy(net).eval().requires_grad_(False).float()
         self.num_updates: Tensor
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._count: int | None = None
@@ -102,6 +109,17 @@ class EMA(nn.Module):
             )
         self.num_updates += 1
         self._count = count + 1
+
+    def _apply(self, fn: Any, recurse: bool = True) -> EMA:
+        # Every .to()/.half()/.double() passes here: convert, then put floating tensors back into
+        # float32 (a no-op for a device move or a memory format).
+        super()._apply(fn, recurse)
+        if any(t.dtype != torch.float32 for t in self._floating_tensors()):
+            super()._apply(lambda t: t.float() if t.is_floating_point() else t, recurse)
+        return self
+
+    def _floating_tensors(self) -> list[Tensor]:
+        return [t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point()]
 
     def train(self, mode: bool = True) -> EMA:
         # The averaged network always evaluates in eval mode (no dropout).

@@ -199,7 +199,10 @@ class DiffusionModule(L.LightningModule):
             net = net.to(memory_format=torch.channels_last)
         self.denoiser = Denoiser(net, schedule, parameterization)
         self.ema = EMA(net, ema_decay, ema_warmup)
-        self.ema_denoiser = Denoiser(self.ema.net, schedule, parameterization)
+        # The EMA network is saved once, as ``ema.net.*``: this view of it is kept out of the
+        # module tree, so no second copy of it enters the state_dict.
+        self.__dict__["ema_denoiser"] = Denoiser(self.ema.net, schedule, parameterization)
+        self.register_load_state_dict_pre_hook(DiffusionModule._drop_legacy_ema_copy)
         self.schedule = schedule
         self.noise_law = noise_law or ScheduleLaw()
         self.noise_law.check(schedule)
@@ -237,6 +240,17 @@ class DiffusionModule(L.LightningModule):
         too), written beside the value in ``final_metrics.json``."""
         super().log(name, value, *args, **kwargs)
         self.metric_steps[name] = self.global_step
+
+    ema_denoiser: Denoiser
+
+    @staticmethod
+    def _drop_legacy_ema_copy(
+        module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+    ) -> None:
+        # Checkpoints written before the EMA network was saved once hold it twice, also as
+        # ``ema_denoiser.net.*``; ``ema.net.*`` is the one tools rewrite (scripts/posthoc_ema.py).
+        for key in [k for k in state_dict if k.startswith(f"{prefix}ema_denoiser.")]:
+            del state_dict[key]
 
     # --- training -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

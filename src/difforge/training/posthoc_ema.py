@@ -28,8 +28,17 @@ from the directly tracked average by at most ``||sum_i x_i p_i - p*||_1 max_s |t
 Classic constant-decay EMAs (``decays``) can be tracked beside them ("several EMA decays at once");
 they are saved in the snapshots but are not used by the reconstruction.
 
+History. The averages cover the optimizer steps the callback saw: from the first step of a run,
+or, when the callback is added to a resumed run whose checkpoint holds none of its state, from the
+step after ``start`` (the resumed step), with ``t`` counted from there (``t = step - start``, the
+weights before ``start`` are never seen, so none stand in for them). A reconstruction targets the
+step of one of those snapshots; any other step is outside the recorded history and refused
+(past the last snapshot the target's newest weights were never averaged, and the least-squares fit
+returns weights scaled towards zero).
+
 Files: ``<dirpath>/step_<t>.pt`` (``torch.load(..., weights_only=True)``), each a dict with ``step``,
-``sigma_rels``, ``decays`` and ``averages``: ``{"sigma_rel=0.05": state_dict, "decay=0.999": ...}``.
+``start``, ``sigma_rels``, ``decays`` and ``averages``: ``{"sigma_rel=0.05": state_dict,
+"decay=0.999": ...}``. Snapshots written before ``start`` was recorded count from step 0.
 """
 
 from __future__ import annotations
@@ -43,8 +52,10 @@ from typing import Any, cast
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from difforge.errors import DifforgeError
 from difforge.training.module import DiffusionModule
 
 SNAPSHOT_PATTERN = re.compile(r"step_(\d+)\.pt$")
@@ -102,7 +113,9 @@ class PostHocEMA(L.Callback):
     """Tracks power-function EMAs (and optional constant-decay EMAs) of the trained network and
     saves snapshots beside the checkpoints; the running averages are part of the checkpoint, so a
     resumed run continues them, and snapshots from steps past the resumed one (a killed run's lost
-    steps) are replaced.
+    steps) are replaced. Added to a resumed run whose checkpoint holds no state of it, it averages
+    the steps from there on (module docstring, "History"). Image data only: its snapshots are
+    ranked by FID (``scripts/posthoc_ema.py``); vector data are refused at the start.
 
     Args:
         dirpath: snapshot folder (``<run>/checkpoints/posthoc_ema`` in the config).
@@ -137,7 +150,8 @@ class PostHocEMA(L.Callback):
         self.gammas = [sigma_rel_to_gamma(s) for s in self.sigma_rels]
         self.decays = [float(d) for d in decays]
         self.snapshot_every = snapshot_every
-        self.step = 0
+        self.start = 0  # the optimizer step before the first one averaged
+        self.step = 0  # the last optimizer step averaged
         self.averages: dict[str, dict[str, Tensor]] = {}
 
     # --- the averages ---------------------------------------------------------------------------
@@ -158,7 +172,7 @@ class PostHocEMA(L.Callback):
         """One optimizer step: ``t += 1`` and every average moves towards ``net``'s weights."""
         self.step += 1
         state = {k: v.detach() for k, v in net.state_dict().items()}
-        for key, beta in self._betas(self.step).items():
+        for key, beta in self._betas(self.step - self.start).items():
             average = self.averages.get(key)
             if average is None:
                 self.averages[key] = {k: v.float().clone() for k, v in state.items()}
@@ -177,6 +191,7 @@ class PostHocEMA(L.Callback):
         path = self.snapshot_path(self.step)
         payload = {
             "step": self.step,
+            "start": self.start,
             "sigma_rels": self.sigma_rels,
             "decays": self.decays,
             "averages": {k: {n: v.cpu() for n, v in a.items()} for k, a in self.averages.items()},
@@ -187,7 +202,22 @@ class PostHocEMA(L.Callback):
         return path
 
     # --- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        data_shape = tuple(cast(DiffusionModule, pl_module).data_shape)
+        if stage == "fit" and len(data_shape) != 3:
+            raise DifforgeError(
+                f"callbacks.posthoc_ema: the data are vectors of shape {data_shape}; post-hoc EMA "
+                "snapshots are ranked by FID (scripts/posthoc_ema.py), which needs image data"
+            )
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.averages and trainer.global_step > self.step:
+            # Added to a resumed run: the steps before this one were never seen.
+            self.start = self.step = trainer.global_step
+            rank_zero_info(
+                f"callbacks.posthoc_ema: the checkpoint holds no post-hoc EMA state; averaging "
+                f"the steps after step {self.start}, from which reconstructions can be made"
+            )
         if trainer.is_global_zero and self.dirpath.is_dir():
             for path in self.dirpath.glob("step_*.pt"):
                 match = SNAPSHOT_PATTERN.search(path.name)
@@ -203,14 +233,19 @@ class PostHocEMA(L.Callback):
                 self.save_snapshot()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.step and trainer.is_global_zero and not self.snapshot_path(self.step).exists():
+        if (
+            self.step > self.start
+            and trainer.is_global_zero
+            and not self.snapshot_path(self.step).exists()
+        ):
             self.save_snapshot()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "averages": self.averages}
+        return {"step": self.step, "start": self.start, "averages": self.averages}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.step = int(state_dict["step"])
+        self.start = int(state_dict.get("start", 0))
         self.averages = state_dict["averages"]
 
 
@@ -222,21 +257,59 @@ def load_snapshots(dirpath: str | Path) -> list[dict[str, Any]]:
     return [torch.load(path, weights_only=True) for path in paths]
 
 
+def history(snapshots: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The snapshots of the last uninterrupted averaging (those with the last snapshot's
+    ``start``; earlier ones averaged other steps, from another start), by step."""
+    start = snapshots[-1].get("start", 0)
+    return [s for s in snapshots if s.get("start", 0) == start]
+
+
+def describe_steps(steps: Sequence[int]) -> str:
+    """``2, 4, ..., 12`` for a long list: the steps a reconstruction can target."""
+    shown = [str(s) for s in steps]
+    return ", ".join(shown if len(shown) <= 6 else [*shown[:3], "...", *shown[-2:]])
+
+
+def check_target_step(snapshots: Sequence[dict[str, Any]], step: int) -> None:
+    """Refuse a reconstruction step that is not a snapshot step of the recorded history.
+
+    Raises:
+        ValueError: naming the step and the steps that can be targeted.
+    """
+    steps = [s["step"] for s in history(snapshots)]
+    if step not in steps:
+        start = history(snapshots)[-1].get("start", 0)
+        since = f" (averaged from step {start})" if start else ""
+        raise ValueError(
+            f"step {step} is outside the recorded post-hoc EMA history: reconstructions are made "
+            f"at the snapshot steps {describe_steps(steps)}{since}"
+        )
+
+
 def reconstruct(
     snapshots: Sequence[dict[str, Any]], sigma_rel: float, step: int | None = None
 ) -> dict[str, Tensor]:
     """The state_dict of the power EMA of length ``sigma_rel`` at ``step`` (default: the last
-    snapshot's), from every power-EMA average in ``snapshots`` at or before ``step``."""
-    step = snapshots[-1]["step"] if step is None else step
-    used = [s for s in snapshots if s["step"] <= step]
-    if not used:
-        raise ValueError(f"no snapshot at or before step {step}")
+    snapshot's), from every power-EMA average of the recorded history (:func:`history`) at or
+    before ``step``.
+
+    Raises:
+        ValueError: ``step`` is not a snapshot step of the history (:func:`check_target_step`),
+            or ``sigma_rel`` is out of range (:func:`sigma_rel_to_gamma`).
+    """
+    recorded = history(snapshots)
+    step = recorded[-1]["step"] if step is None else step
+    check_target_step(snapshots, step)
+    start = recorded[-1].get("start", 0)
+    used = [s for s in recorded if s["step"] <= step]
     terms: list[tuple[int, float, dict[str, Tensor]]] = [
-        (s["step"], sigma_rel_to_gamma(r), s["averages"][average_key("sigma_rel", r)])
+        (s["step"] - start, sigma_rel_to_gamma(r), s["averages"][average_key("sigma_rel", r)])
         for s in used
         for r in s["sigma_rels"]
     ]
-    x = posthoc_coefficients([t for t, _, _ in terms], [g for _, g, _ in terms], step, sigma_rel)
+    x = posthoc_coefficients(
+        [t for t, _, _ in terms], [g for _, g, _ in terms], step - start, sigma_rel
+    )
     first = terms[0][2]
     result: dict[str, Tensor] = {}
     for name, value in first.items():
