@@ -13,13 +13,15 @@ each step to ``sigma' = sigma_{t-1}`` with ``x0_bar = V^T D(x_t, sigma_t)`` draw
 ``eta_b = 1`` and 20 steps are the paper's defaults (sec. 5; its code, bahjat-kawar/ddrm
 ``functions/denoising.py``, runs the same update). ``eta`` defaults to 1, not the paper's 0.85:
 with the exact denoiser of the mixture test bed (Cardoso et al. 2024) ``eta = 1`` gives the lower
-sliced Wasserstein distance in every cell measured (NFE 20 and 100, ``d_x`` 8 and 80, ``d_y`` 1
-and 4; docs/benchmarks.md sec. 8); on a small trained digits network it does not degrade box
-inpainting (KID and classifier accuracy better at 20 and 100 steps, FID better at 20 and 6 %
-higher at 100; 128 draws, so within noise). DDRM is not exact on a Gaussian prior: the seen coordinates ignore the prior while ``sigma' >= c_i``, and the
-fresh noise ``eta sigma'`` does not shrink with the step, so for ``eta > 0`` the error does not
-vanish as the steps grow even where the posterior factorises (an isotropic prior with
-``sigma_y = 0``, where ``eta = 0`` is exact in the limit; tests/test_posterior_samplers.py).
+sliced Wasserstein distance in 16 of the 18 cells of docs/guide.md sec. 6 (NFE 20 and 100; not
+``d_x = 800, d_y = 1``, 2 draws) and in 10 of the 12 of docs/benchmarks.md sec. 8 (not the
+coordinate masks at ``d_x = 8, d_y = 4``); on a small trained digits network it does not degrade
+box inpainting (KID and classifier accuracy better at 20 and 100 steps, FID better at 20 and 6 %
+higher at 100; 128 draws, so within noise). DDRM is not exact on a Gaussian prior: the seen
+coordinates ignore the prior while ``sigma' >= c_i``, and the fresh noise ``eta sigma'`` does not
+shrink with the step, so for ``eta > 0`` the error does not vanish as the steps grow even where
+the posterior factorises (an isotropic prior with ``sigma_y = 0``, where ``eta = 0`` is exact in
+the limit; tests/test_posterior_samplers.py).
 One network evaluation per step.
 """
 
