@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--smc",
         default=None,
-        help="the SMC method (default: the registry's first method with a num_particles option)",
+        help="the SMC method of the particle sweep (default: the registry's first method with a "
+        "num_particles option; none: no sweep)",
     )
     parser.add_argument("--particles", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
@@ -108,9 +109,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--samples and --smc-samples must be >= 2 (a distance between samples)")
     if args.methods is None:
         args.methods = [n for n, s in POSTERIORS.items() if not s.needs_mask]
-    if args.smc is None:
+    if args.smc == "none":
+        args.smc = None
+    elif args.smc is None:
         args.smc = next((n for n, s in POSTERIORS.items() if bench.is_smc(s)), None)
-    elif not bench.is_smc(POSTERIORS[args.smc]):
+    elif args.smc not in POSTERIORS or not bench.is_smc(POSTERIORS[args.smc]):
         parser.error(f"--smc {args.smc}: not a method with a num_particles option")
     return args
 

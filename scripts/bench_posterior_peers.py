@@ -17,6 +17,7 @@ without touching them (its other requirements are already there):
     PYTHONPATH=$PWD/src:/work/wt/deepinv-site OMP_NUM_THREADS=1 \\
         python scripts/bench_posterior_peers.py --json peers.json --markdown peers.md
     python scripts/bench_posterior_peers.py --quick                      # seconds
+    python scripts/bench_posterior_peers.py --methods ddrm --peers ddrm  # DDRM's cells only
 
 Without deepinv the script says so in one line and runs the diffusers side alone
 (``--no-deepinv`` does that on purpose).
@@ -38,6 +39,8 @@ from difforge.benchmarks import posterior_peers as peers
 from difforge.machine import machine_info
 from difforge.posterior.samplers.registry import POSTERIORS
 
+PEER_FAMILIES = ("dps", "ddrm", "diffpir", "repaint")
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -47,6 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=tuple(POSTERIORS),
         default=None,
         help="difforge methods (default: every method without particles)",
+    )
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        choices=PEER_FAMILIES,
+        default=list(PEER_FAMILIES),
+        help="peer algorithms run (default: all); e.g. --methods ddrm --peers ddrm for DDRM's cells",
     )
     parser.add_argument(
         "--kinds",
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         args.draws,
         args.samples,
         args.methods,
-        peers.peer_configs(deepinv=with_deepinv),
+        [c for c in peers.peer_configs(deepinv=with_deepinv) if c.family in args.peers],
     )
     seconds = time.perf_counter() - started
     for path in args.reuse:

@@ -203,3 +203,30 @@ def test_bench_posterior_peers_quick(tmp_path: Path) -> None:
     for row in results["rows"]:
         if row["side"] in ("deepinv", "diffusers") and "error" not in row:
             assert 0 < row["nfe_used"] <= row["nfe"]
+
+
+@pytest.mark.slow
+def test_bench_posterior_one_method_without_the_sweep(tmp_path: Path) -> None:
+    """``--methods ddrm --smc none``: DDRM's leaderboard rows alone, no particle sweep."""
+    out = run_script(
+        "bench_posterior.py",
+        "--quick",
+        "--methods",
+        "ddrm",
+        "--smc",
+        "none",
+        "--json",
+        str(tmp_path / "p.json"),
+    )
+    results = json.loads((tmp_path / "p.json").read_text())
+    assert {r["method"] for r in results["rows"]} == {"exact", "ddrm"}
+    assert results["smc_rows"] == [] and "particle" not in out
+
+
+@pytest.mark.slow
+@needs_deepinv
+def test_bench_posterior_peers_runs_the_chosen_algorithm_alone(tmp_path: Path) -> None:
+    """``--methods ddrm --peers ddrm``: difforge's DDRM and deepinv's DDRM, nothing else."""
+    _, results = run_peers(tmp_path, "--methods", "ddrm", "--peers", "ddrm", deepinv=True)
+    runs = {(r["side"], r["family"]) for r in results["rows"] if r["side"] != "exact"}
+    assert runs == {("difforge", "ddrm"), ("deepinv", "ddrm")}

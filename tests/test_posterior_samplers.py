@@ -253,7 +253,7 @@ def test_spectral_methods_are_exact_on_an_isotropic_prior_with_exact_measurement
     isotropic prior is isotropic in any orthonormal basis). DDRM and DDNM set the seen ones to
     ``y_bar`` and walk the unseen ones by their own chain (DDRM's eq. 8, DDIM's step), whose law
     is computed here: it converges to the prior's, and the samplers draw it. DDRM only at
-    ``eta = 0``: its noise ``eta sigma_{t-1}`` does not shrink with the step, and at its default
+    ``eta = 0``: its noise ``eta sigma_{t-1}`` does not shrink with the step, and at the paper's
     0.85 the unseen variance stays 0.18 / 0.15 below s^2 = 0.64 with 100 / 2000 steps (measured)."""
     operator, A, y = problem
     s = 0.8
@@ -299,6 +299,63 @@ def test_spectral_methods_are_exact_on_an_isotropic_prior_with_exact_measurement
     pinv = torch.linalg.pinv(A) @ y  # the seen part, exactly
     law_mean = pinv + mean * v
     assert_moments(samples, law_mean, var * torch.outer(v, v), n)
+
+
+def test_ddrm_draws_the_law_of_its_steps_with_noisy_measurements(problem):
+    """DDRM's eqs. 7-8 with ``sigma_y > 0`` as the authors' code runs them (bahjat-kawar/ddrm,
+    ``functions/denoising.py``: the start ``y_bar + sqrt(sigma_T^2 - c^2) z`` on the seen
+    coordinates; each step ``(1 - eta_b) x0 + eta_b y_bar + sqrt(sigma'^2 - c^2 eta_b^2) z`` while
+    ``sigma' >= c``, ``x0 + sqrt(1 - eta^2) sigma' (y_bar - x0) / c + eta sigma' z`` below, DDIM's
+    step with noise ``eta sigma'`` on the unseen one). On an isotropic Gaussian prior every
+    spectral coordinate is an independent Gaussian chain whose law is computed here. ``eta_b``
+    away from 0 and 1, ``c_i`` inside the grid so that both seen cases run, and ``eta`` near 1 so
+    that the steps below ``c_i``, which pull to ``y_bar``, keep enough of what the steps above
+    leave: each term of the three cases then changes the law beyond 5 standard errors (checked by
+    altering them one at a time)."""
+    operator, A, y = problem
+    s0, sigma_y, eta, eta_b = 0.8, 0.2, 0.95, 0.5
+    m = torch.tensor([0.5, -1.0, 0.3], dtype=F64)
+    mixture = gaussian(m.tolist(), s0)[0]
+    U, sv, Vh = torch.linalg.svd(A)
+    m_bar, y_bar = Vh @ m, torch.zeros(3, dtype=F64)
+    y_bar[:2] = (U.T @ y) / sv
+    c = torch.tensor([*(sigma_y / sv).tolist(), math.inf], dtype=F64)
+    sigmas = karras_sigmas(30, 0.002, 80.0)
+    assert ((c[:2] > 0.002) & (c[:2] < 80)).all()
+    sigma_0 = float(sigmas[0])
+    seen = torch.tensor([True, True, False])
+    mean = torch.where(seen, y_bar, torch.zeros_like(y_bar))
+    var = torch.where(seen, sigma_0**2 - c**2, torch.full_like(c, sigma_0**2))  # c < sigma_0
+    for sigma, sigma_next in pairwise(sigmas.tolist()):
+        r = s0**2 / (s0**2 + sigma**2)  # D's coordinate: m_bar + r (x - m_bar)
+        x0_mean, x0_gain = m_bar + r * (mean - m_bar), r
+        keep = (1 - eta**2) ** 0.5 * sigma_next
+        # Each case: x' = (1 - k) x0 + k target + noise.
+        k_unseen, k_below = keep / sigma, keep / torch.where(seen, c, torch.ones_like(c))
+        above = sigma_next >= c
+        k = torch.where(seen, torch.where(above, eta_b, k_below), torch.full_like(c, k_unseen))
+        noise = torch.where(
+            seen & above,
+            sigma_next**2 - (c * eta_b) ** 2,
+            torch.full_like(c, (eta * sigma_next) ** 2),
+        )
+        # The unseen target is x_t itself (DDIM's eps), the seen ones y_bar.
+        mean = torch.where(seen, (1 - k) * x0_mean + k * y_bar, (1 - k) * x0_mean + k * mean)
+        gain = torch.where(seen, (1 - k) * x0_gain, (1 - k) * x0_gain + k)
+        var = gain**2 * var + noise
+    n = 20_000
+    samples = posterior_sample(
+        "ddrm",
+        GaussianMixtureOracle(mixture),
+        y.expand(n, 2),
+        operator,
+        sigma_y,
+        sigmas,
+        generator=torch.Generator().manual_seed(12),
+        eta=eta,
+        eta_b=eta_b,
+    )
+    assert_moments(samples, Vh.T @ mean, Vh.T @ torch.diag(var) @ Vh, n)
 
 
 @pytest.mark.parametrize("method", ["ddrm", "ddnm"])

@@ -273,7 +273,7 @@ RUNNERS: dict[str, Callable[[PeerConfig, Problem, int, int, int], tuple[Tensor, 
 # RePaint's resampling (diffusers' jump_n_sample is difforge's resamplings).
 DIFFORGE_VARIANTS: dict[str, list[dict[str, Any]]] = {
     "dps": [{"zeta": 0.3}, {"zeta": 3.0}],
-    "ddrm": [{"eta": 1.0}],
+    "ddrm": [{"eta": 0.85}],  # the paper's (difforge's default is 1)
     "repaint": [{"jump_length": 1, "resamplings": 1}, {"jump_length": 5, "resamplings": 2}],
 }
 

@@ -142,14 +142,18 @@ class LinearOperator:
     def _dense_svd(self) -> tuple[Tensor, SVD]:
         if self._dense is None:
             A = self.matrix()
-            U, s, Vh = torch.linalg.svd(A, full_matrices=True)
+            # Thin when d_y < d_x: V's null-space columns are Householder reflections.
+            U, s, Vh = torch.linalg.svd(A, full_matrices=self.d_y >= self.d_x)
             shape = self.x_shape
+            if self.d_y < self.d_x:
+                V, Vt = _householder_basis(Vh.T, shape)
+            else:
 
-            def V(z: Tensor) -> Tensor:
-                return (z.to(Vh.dtype) @ Vh).to(z.dtype).reshape(z.shape[0], *shape)
+                def V(z: Tensor) -> Tensor:
+                    return (z.to(Vh.dtype) @ Vh).to(z.dtype).reshape(z.shape[0], *shape)
 
-            def Vt(x: Tensor) -> Tensor:
-                return (x.reshape(x.shape[0], -1).to(Vh.dtype) @ Vh.T).to(x.dtype)
+                def Vt(x: Tensor) -> Tensor:
+                    return (x.reshape(x.shape[0], -1).to(Vh.dtype) @ Vh.T).to(x.dtype)
 
             def Uf(z: Tensor) -> Tensor:
                 return (z.to(U.dtype) @ U.T).to(z.dtype)
@@ -177,6 +181,32 @@ class LinearOperator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, x_shape={self.x_shape}, d_y={self.d_y})"
+
+
+def _householder_basis(
+    Vr: Tensor, shape: tuple[int, ...]
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """``V`` and ``V^T`` of an orthogonal ``d_x x d_x`` matrix whose first ``r`` columns are the
+    orthonormal ``Vr: (d_x, r)``, held as ``r`` Householder reflections (``Vr = Q R``,
+    Golub & Van Loan, Matrix Computations, sec. 5.2): ``O(r d_x)`` per vector instead of the
+    ``d_x^2`` of a dense ``V``, whose null-space columns the samplers need only up to rotation.
+    ``R`` of an orthonormal ``Vr`` is diagonal with entries ``+-1``; their signs are folded in so
+    that the first ``r`` columns are ``Vr`` itself."""
+    reflectors, tau = torch.geqrf(Vr)
+    signs = torch.ones(Vr.shape[0], dtype=Vr.dtype)
+    signs[: Vr.shape[1]] = torch.sign(torch.diagonal(reflectors))
+
+    def V(z: Tensor) -> Tensor:
+        a, t, d = (v.to(z.device) for v in (reflectors, tau, signs))
+        out = torch.ormqr(a, t, (z.to(a.dtype) * d).T, left=True, transpose=False)
+        return out.T.to(z.dtype).reshape(z.shape[0], *shape)
+
+    def Vt(x: Tensor) -> Tensor:
+        a, t, d = (v.to(x.device) for v in (reflectors, tau, signs))
+        flat = x.reshape(x.shape[0], -1).to(a.dtype).T
+        return (torch.ormqr(a, t, flat, left=True, transpose=True).T * d).to(x.dtype)
+
+    return V, Vt
 
 
 class DenseOperator(LinearOperator):
