@@ -59,6 +59,10 @@ def tiny(key: str, value: str) -> str:
         return str(min(int(value), 3))
     if key in ("num_samples",):
         return str(min(int(value), 40))
+    if key in ("posterior.steps", "posterior.num_particles"):
+        return str(min(int(value), 3))
+    if key in ("num_inputs", "num_samples_per_input"):
+        return str(min(int(value), 2))
     return value
 
 

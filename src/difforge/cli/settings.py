@@ -266,6 +266,7 @@ def _resolvable(node: DictConfig, key: str) -> bool:
 OBJECT_GROUPS = {
     "sample": ("model", "schedule", "sampler"),
     "eval": ("model", "schedule", "sampler"),
+    "restore": ("model", "schedule", "operator", "posterior"),
     "train": (
         "data",
         "model",
