@@ -117,16 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     from difforge.training.checkpoint import load_checkpoint
     from difforge.training.posthoc_ema import history, load_snapshots
 
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument(
-        "--sigma-rels", type=float, nargs="+", default=[0.03, 0.05, 0.08, 0.10, 0.13, 0.16]
+        "--sigma-rels",
+        type=float,
+        nargs="+",
+        default=[0.03, 0.05, 0.08, 0.10, 0.13, 0.16],
+        help="EMA lengths to reconstruct (relative widths, EDM2's sigma_rel)",
     )
     parser.add_argument("--step", type=int, default=None, help="reconstruct at this snapshot step")
-    parser.add_argument("--num-samples", type=at_least(2), default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-samples", type=at_least(2), default=1000, help="samples per FID")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the samples")
     parser.add_argument("--out", type=Path, default=None, help="checkpoint with the best EMA")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     try:
         check_writable(args.out, "--out")

@@ -7,7 +7,7 @@ import torch
 
 import difforge
 from difforge.errors import DifforgeError
-from helpers import QUICK_TRAIN, assert_ok, run_cli
+from helpers import QUICK_TRAIN, ROOT, assert_ok, run_cli
 
 
 @pytest.mark.slow
@@ -49,3 +49,12 @@ def test_model_evaluate_runs_the_protocol(tmp_path):
     assert result["fid_min"] <= result["fid_mean"] and result["inception_score_min"] >= 1.0
     assert "no reference images" in result["precision_recall"]
     assert model.module.sampler.algorithm == "dpmpp_2m"  # the model's own sampler is restored
+
+
+def test_load_exact_reads_a_data_config_file_or_refuses_in_one_line(tmp_path):
+    model = difforge.load_exact(ROOT / "configs" / "data" / "gmm2d.yaml")
+    assert model.data_shape == (2,) and model.sample(8).shape == (8, 2)
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    for bad in (tmp_path / "missing.yaml", tmp_path / "list.yaml"):
+        with pytest.raises(DifforgeError, match="not a data config file"):
+            difforge.load_exact(bad)

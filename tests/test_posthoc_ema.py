@@ -115,7 +115,9 @@ def test_a_request_outside_the_history_is_refused(tmp_path):
         rebuilt = reconstruct(snapshots, target, step)["weight"].double()
         assert (rebuilt - 1).abs().max() <= residual + 1e-6, (step, residual)
     for step in (400, 220, 201, 20, 100, 0, -40):
-        with pytest.raises(ValueError, match=f"step {step} is outside the recorded post-hoc EMA"):
+        with pytest.raises(
+            ValueError, match=f"step {step} is not a snapshot step of the recorded post-hoc EMA"
+        ):
             reconstruct(snapshots, target, step)
 
 
@@ -301,11 +303,17 @@ def test_script_refuses_a_run_without_snapshots(straight_run, tmp_path):
     [
         (
             ["--step", "13"],
-            "error: step 13 is outside the recorded post-hoc EMA history: "
+            "error: step 13 is not a snapshot step of the recorded post-hoc EMA history: "
             "reconstructions are made at the snapshot steps 2, 4, 6, 8, 10, 12",
         ),
-        (["--step", "5"], "error: step 5 is outside the recorded post-hoc EMA history"),
-        (["--step", "0"], "error: step 0 is outside the recorded post-hoc EMA history"),
+        (
+            ["--step", "5"],
+            "error: step 5 is not a snapshot step of the recorded post-hoc EMA history",
+        ),
+        (
+            ["--step", "0"],
+            "error: step 0 is not a snapshot step of the recorded post-hoc EMA history",
+        ),
         (["--sigma-rels", "0.5"], "error: sigma_rel must be in (0, 0.2887)"),
         (
             ["--out", "/nonexistent/best.ckpt"],
@@ -335,7 +343,7 @@ def test_script_on_an_earlier_checkpoint_ignores_later_snapshots(straight_run, t
     result = run_script(tmp_path / "best.ckpt", "--step", "8")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: step 8 is outside the recorded post-hoc EMA history: reconstructions are made "
+        "error: step 8 is not a snapshot step of the recorded post-hoc EMA history: reconstructions are made "
         "at the snapshot steps 2, 4, 6"
     )
 
@@ -475,7 +483,7 @@ def test_callback_added_to_a_resumed_run_snapshots_only_steps_seen(tmp_path):
     refused = run_script(last, "--step", "6")
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
-        "error: step 6 is outside the recorded post-hoc EMA history: reconstructions are made "
+        "error: step 6 is not a snapshot step of the recorded post-hoc EMA history: reconstructions are made "
         "at the snapshot steps 8, 10, 12 (averaged from step 6)"
     )
     assert_ok(run_script(last, "--sigma-rels", "0.1", "--num-samples", "20"))

@@ -391,7 +391,7 @@ def load(
 
 
 def load_exact(
-    data: GaussianMixture | Mapping[str, Any],
+    data: GaussianMixture | Mapping[str, Any] | str | Path,
     schedule: NoiseSchedule | None = None,
     *,
     sampler: Sampler | None = None,
@@ -399,14 +399,28 @@ def load_exact(
     """The exact model of a Gaussian-mixture law (``model=gmm_oracle``): its denoiser is
     ``E[x_0 | x]`` in closed form, so sampling and restoring with it carry no learning error.
 
-    ``data``: the mixture, or a data config (``configs/data/gmm1d.yaml`` composed; a mapping with
-    its ``_target_`` and options) whose law is known (:func:`difforge.data.mixtures.known_mixture`).
+    ``data``: the mixture, or a data config whose law is known
+    (:func:`difforge.data.mixtures.known_mixture`): a mapping with its ``_target_`` and options,
+    or the path of its YAML file (``configs/data/gmm2d.yaml``).
     ``schedule``: the noise schedule the samplers step along (None: EDM's). ``sampler``: its
     default sampler (None: ``dpmpp_2m`` with 20 steps). The model lives on the CPU.
 
-    Raises DifforgeError (one line) for data whose law is not a known Gaussian mixture.
+    Raises DifforgeError (one line) for data whose law is not a known Gaussian mixture, or a path
+    that is not a readable YAML mapping.
     """
+    from omegaconf import OmegaConf
+
     from difforge.data.mixtures import known_mixture
+
+    if isinstance(data, str | Path):
+        path = Path(data).expanduser()
+        loaded = OmegaConf.load(path) if path.is_file() else None
+        if not isinstance(loaded, Mapping):
+            raise DifforgeError(
+                f"difforge.load_exact({str(data)!r}): not a data config file (a YAML mapping with "
+                "_target_, such as configs/data/gmm2d.yaml)"
+            )
+        data = loaded
 
     if isinstance(data, GaussianMixture):
         mixture = data

@@ -132,13 +132,13 @@ class DiT(NoiseConditioned):
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        in_channels = check_positive_int("DiT", "in_channels", in_channels)
-        image_size = check_positive_int("DiT", "image_size", image_size)
-        patch_size = check_positive_int("DiT", "patch_size", patch_size)
-        hidden_size = check_positive_int("DiT", "hidden_size", hidden_size)
-        depth = check_positive_int("DiT", "depth", depth)
-        num_heads = check_positive_int("DiT", "num_heads", num_heads)
-        num_classes = check_positive_int("DiT", "num_classes", num_classes, minimum=0)
+        in_channels = check_positive_int("in_channels", in_channels)
+        image_size = check_positive_int("image_size", image_size)
+        patch_size = check_positive_int("patch_size", patch_size)
+        hidden_size = check_positive_int("hidden_size", hidden_size)
+        depth = check_positive_int("depth", depth)
+        num_heads = check_positive_int("num_heads", num_heads)
+        num_classes = check_positive_int("num_classes", num_classes, minimum=0)
         if image_size % patch_size:
             divisors = [p for p in range(1, image_size + 1) if image_size % p == 0]
             raise ValueError(

@@ -90,9 +90,10 @@ def check_class_labels(labels: torch.Tensor, batch: int, num_classes: int, check
             )
 
 
-def check_positive_int(owner: str, name: str, value: object, minimum: int = 1) -> int:
-    """:func:`check_int` for the constructor argument ``name`` of the network ``owner``."""
-    return check_int(f"{owner} {name}", value, minimum)
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """:func:`check_int` for a network's constructor argument ``name``, named by
+    the key a user sets (``model.<name>``)."""
+    return check_int(f"model.{name}", value, minimum)
 
 
 class NoiseConditioned(nn.Module):

@@ -66,11 +66,11 @@ class MLPDenoiser(NoiseConditioned):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        dim = check_positive_int("MLPDenoiser", "dim", dim)
-        hidden_dim = check_positive_int("MLPDenoiser", "hidden_dim", hidden_dim)
-        num_layers = check_positive_int("MLPDenoiser", "num_layers", num_layers)
-        embed_dim = check_positive_int("MLPDenoiser", "embed_dim", embed_dim, minimum=2)
-        num_classes = check_positive_int("MLPDenoiser", "num_classes", num_classes, minimum=0)
+        dim = check_positive_int("dim", dim)
+        hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        num_layers = check_positive_int("num_layers", num_layers)
+        embed_dim = check_positive_int("embed_dim", embed_dim, minimum=2)
+        num_classes = check_positive_int("num_classes", num_classes, minimum=0)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MLPDenoiser dropout must be in [0, 1), got dropout={dropout!r}")
         self.dim = int(dim)

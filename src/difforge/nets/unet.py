@@ -234,14 +234,14 @@ class UNet(NoiseConditioned):
         super().__init__()
         channel_mult = _as_int_tuple("channel_mult", channel_mult)
         attn_resolutions = _as_int_tuple("attn_resolutions", attn_resolutions)
-        in_channels = check_positive_int("UNet", "in_channels", in_channels)
-        image_size = check_positive_int("UNet", "image_size", image_size)
-        base_channels = check_positive_int("UNet", "base_channels", base_channels)
-        num_res_blocks = check_positive_int("UNet", "num_res_blocks", num_res_blocks)
-        num_heads = check_positive_int("UNet", "num_heads", num_heads)
+        in_channels = check_positive_int("in_channels", in_channels)
+        image_size = check_positive_int("image_size", image_size)
+        base_channels = check_positive_int("base_channels", base_channels)
+        num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
+        num_heads = check_positive_int("num_heads", num_heads)
         if head_channels is not None:
-            head_channels = check_positive_int("UNet", "head_channels", head_channels)
-        num_classes = check_positive_int("UNet", "num_classes", num_classes, minimum=0)
+            head_channels = check_positive_int("head_channels", head_channels)
+        num_classes = check_positive_int("num_classes", num_classes, minimum=0)
         if not channel_mult or any(m <= 0 for m in channel_mult):
             raise ValueError(
                 f"UNet channel_mult must be a non-empty sequence of positive integers, "

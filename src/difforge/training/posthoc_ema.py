@@ -55,6 +55,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from difforge.checks import check_real
 from difforge.errors import DifforgeError
 from difforge.training.module import DiffusionModule
 
@@ -132,8 +133,13 @@ class PostHocEMA(L.Callback):
         decays: Sequence[float] = (),
     ) -> None:
         super().__init__()
-        if not sigma_rels:
-            raise ValueError("callbacks.posthoc_ema.sigma_rels must name at least one sigma_rel")
+        if isinstance(sigma_rels, str) or not sigma_rels:
+            raise ValueError(
+                "callbacks.posthoc_ema.sigma_rels must be a list of at least one number, "
+                f"got {sigma_rels!r}"
+            )
+        for sigma_rel in sigma_rels:
+            check_real("callbacks.posthoc_ema.sigma_rels", sigma_rel, 0.0, low_open=True)
         if (
             isinstance(snapshot_every, bool)
             or not isinstance(snapshot_every, int)
@@ -281,7 +287,7 @@ def check_target_step(snapshots: Sequence[dict[str, Any]], step: int) -> None:
         start = history(snapshots)[-1].get("start", 0)
         since = f" (averaged from step {start})" if start else ""
         raise ValueError(
-            f"step {step} is outside the recorded post-hoc EMA history: reconstructions are made "
+            f"step {step} is not a snapshot step of the recorded post-hoc EMA history: reconstructions are made "
             f"at the snapshot steps {describe_steps(steps)}{since}"
         )
 
