@@ -20,11 +20,9 @@ al.'s 20 draws: ``--draws 20 --draws-800 0 --samples-800 0``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -153,20 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             args.smc_samples,
         )
     seconds = time.perf_counter() - started
-    results: dict[str, Any] = {
+    results = {
         "machine": info,
         "command": command,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seconds": seconds,
         "rows": rows,
         "smc_rows": smc_rows,
     }
     report = bench.report(rows, smc_rows, args.smc, header + f"\ntotal {seconds:.0f} s\n")
     print("\n" + report)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
-    if args.markdown:
-        args.markdown.write_text(report + "\n")
+    bench.write_results(results, args, report, args.json, args.markdown)
     return 0
 
 

@@ -30,7 +30,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -139,17 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         header += f"\nrows of {path.name} reused: {earlier['command']}"
     report = peers.report(rows, header + f"\ntotal {seconds:.0f} s\n")
     print("\n" + report)
-    results: dict[str, Any] = {
-        "machine": info,
-        "command": command,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "seconds": seconds,
-        "rows": rows,
-    }
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
-    if args.markdown:
-        args.markdown.write_text(report + "\n")
+    results = {"machine": info, "command": command, "seconds": seconds, "rows": rows}
+    bench.write_results(results, args, report, args.json, args.markdown)
     return 0
 
 

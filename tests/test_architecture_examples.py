@@ -351,7 +351,7 @@ def test_network_config_fits_vector_data(examples):
         net(torch.randn(5, 3), torch.zeros(5))
     with pytest.raises(ValueError, match="class_labels out of range"):
         conditional(x, torch.zeros(5), torch.full((5,), 9))
-    with pytest.raises(ValueError, match="model.dim must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"model\.dim must be an integer >= 1"):
         type(net)(dim=0)
 
 

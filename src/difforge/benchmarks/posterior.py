@@ -26,10 +26,12 @@ wrong (they put the posterior's mass on the wrong modes).
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -489,3 +491,15 @@ def report(rows: Sequence[Row], smc_rows: Sequence[Row], smc: str | None, header
             smc_table(summarize(smc_rows, ("method", "num_particles", "d_x", "d_y"))),
         ]
     return "\n".join(parts)
+
+
+def write_results(
+    results: dict[str, Any], args: Any, report: str, json_path: Path | None, markdown: Path | None
+) -> None:
+    """A benchmark script's outputs: ``results`` with its parsed ``args`` as JSON, the markdown
+    ``report``; each only where its path is given."""
+    results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1, default=str))
+    if markdown:
+        markdown.write_text(report + "\n")
